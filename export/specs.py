@@ -1,0 +1,249 @@
+"""What the exporter knows about each served model, in one place.
+
+A :class:`ModelSpec` ties a model file to its served contract: the config dataclass and its
+``default``/``benchmark`` variants, the tensors of ``config.pbtxt`` (shapes from the config,
+names from docs/architecture.md), random sample inputs for export, parity and batch-norm
+calibration, the symbolic axes, and the side files. Defaults that other code must agree on
+(max batch size, seeds) are the constants just below.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.export import Dim
+
+from export.models import sagan_generator as sagan
+from export.models import se_cnn_classifier as secnn
+from export.models import transformer_encoder as encoder
+from export.repository_writer import (
+    ModelConfigSpec,
+    TensorConfig,
+    WarmupConfig,
+    WarmupInput,
+    preferred_batch_sizes,
+)
+
+DEFAULT_MAX_BATCH_SIZE = {"sagan_generator": 64, "se_cnn_classifier": 64, "transformer_encoder": 32}
+SEEDS = {"sagan_generator": 1805, "se_cnn_classifier": 1709, "transformer_encoder": 1706}
+LABELS_FILE = "labels.txt"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _labels_text(labels: tuple[str, ...] | None, num_classes: int) -> str:
+    return "\n".join(labels or tuple(str(i) for i in range(num_classes))) + "\n"
+
+
+class ModelSpec(ABC):
+    """The served contract of one model; subclasses fill in the model-specific parts."""
+
+    name: ClassVar[str]
+    config_type: ClassVar[type]
+    variants: ClassVar[dict[str, Any]]
+
+    @property
+    def default_max_batch_size(self) -> int:
+        return DEFAULT_MAX_BATCH_SIZE[self.name]
+
+    @property
+    def seed(self) -> int:
+        return SEEDS[self.name]
+
+    @abstractmethod
+    def build(self, config: Any) -> nn.Module: ...
+
+    @abstractmethod
+    def inputs(self, config: Any) -> tuple[TensorConfig, ...]: ...
+
+    @abstractmethod
+    def outputs(self, config: Any) -> tuple[TensorConfig, ...]: ...
+
+    @abstractmethod
+    def sample(
+        self, config: Any, batch: int, generator: torch.Generator, sequence: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Random (never all-zero) inputs of ``batch`` rows, keyed by served input name."""
+
+    def dynamic_axes(self, config: Any) -> dict[str, dict[int, Dim]]:
+        batch = Dim("batch")
+        return {t.name: {0: batch} for t in self.inputs(config)}
+
+    def parity_sequences(self, config: Any) -> tuple[int | None, ...]:
+        return (None,)  # fixed-shape models: one case per batch size
+
+    def export_sequence(self, config: Any) -> int | None:
+        return None
+
+    def warmup_sequence(self, config: Any) -> int | None:
+        """Length that replaces -1 dims in warm-up requests (Triton needs fixed dims)."""
+        return None
+
+    def side_files(self, config: Any) -> dict[str, str]:
+        return {}
+
+    def parameters(self, config: Any) -> dict[str, str]:
+        return {}
+
+    def config_spec(self, config: Any, max_batch_size: int) -> ModelConfigSpec:
+        """config.pbtxt contents; warm-up at batch 1 and at max batch."""
+        fixed = self.warmup_sequence(config)
+        warm_inputs = tuple(
+            WarmupInput(
+                t.name,
+                t.data_type,
+                tuple(fixed if d == -1 else d for d in t.dims),
+                # Ids and labels must stay in range, which random bytes would not.
+                "zero_data" if t.data_type == "TYPE_INT64" else "random_data",
+            )
+            for t in self.inputs(config)
+        )
+        warmups = tuple(
+            WarmupConfig(f"warmup_batch_{b}", b, warm_inputs) for b in sorted({1, max_batch_size})
+        )
+        return ModelConfigSpec(
+            name=self.name,
+            max_batch_size=max_batch_size,
+            inputs=self.inputs(config),
+            outputs=self.outputs(config),
+            preferred_batch_sizes=preferred_batch_sizes(max_batch_size),
+            warmups=warmups,
+            parameters=self.parameters(config),
+        )
+
+
+class SaganSpec(ModelSpec):
+    name = "sagan_generator"
+    config_type = sagan.SaganConfig
+    variants = {"default": sagan.SaganConfig(), "benchmark": sagan.BENCHMARK}
+
+    def build(self, config: sagan.SaganConfig) -> nn.Module:
+        return sagan.SaganGenerator(config)
+
+    def inputs(self, config: sagan.SaganConfig) -> tuple[TensorConfig, ...]:
+        return (TensorConfig("z", "TYPE_FP32", (config.z_dim,)), TensorConfig("class_label", "TYPE_INT64", (1,)))
+
+    def outputs(self, config: sagan.SaganConfig) -> tuple[TensorConfig, ...]:
+        image = (config.image_channels, config.image_size, config.image_size)
+        tensors = (TensorConfig("image", "TYPE_FP32", image),)
+        if config.export_attention:
+            tensors += (TensorConfig("attention", "TYPE_FP32", config.attention_shape),)
+        return tensors
+
+    def sample(self, config, batch, generator, sequence=None):  # type: ignore[no-untyped-def]
+        return {
+            "z": torch.randn(batch, config.z_dim, generator=generator),
+            "class_label": torch.randint(0, config.num_classes, (batch, 1), generator=generator),
+        }
+
+    def side_files(self, config: sagan.SaganConfig) -> dict[str, str]:
+        return {LABELS_FILE: _labels_text(config.labels, config.num_classes)}
+
+    def parameters(self, config: sagan.SaganConfig) -> dict[str, str]:
+        return {"attnserve.labels": LABELS_FILE}
+
+
+class SeCnnSpec(ModelSpec):
+    name = "se_cnn_classifier"
+    config_type = secnn.SeCnnConfig
+    variants = {"default": secnn.SeCnnConfig(), "benchmark": secnn.BENCHMARK}
+
+    def build(self, config: secnn.SeCnnConfig) -> nn.Module:
+        return secnn.SeCnnClassifier(config)
+
+    def inputs(self, config: secnn.SeCnnConfig) -> tuple[TensorConfig, ...]:
+        return (TensorConfig("image", "TYPE_FP32", (config.in_channels, config.image_size, config.image_size)),)
+
+    def outputs(self, config: secnn.SeCnnConfig) -> tuple[TensorConfig, ...]:
+        k = config.num_classes
+        tensors = (TensorConfig("logits", "TYPE_FP32", (k,)), TensorConfig("probabilities", "TYPE_FP32", (k,)))
+        if config.export_channel_weights:
+            tensors += (TensorConfig("channel_weights", "TYPE_FP32", (sum(config.stage_channels),)),)
+        return tensors
+
+    def sample(self, config, batch, generator, sequence=None):  # type: ignore[no-untyped-def]
+        side = config.image_size
+        return {"image": torch.randn(batch, config.in_channels, side, side, generator=generator)}
+
+    def side_files(self, config: secnn.SeCnnConfig) -> dict[str, str]:
+        return {LABELS_FILE: _labels_text(config.labels, config.num_classes)}
+
+    def parameters(self, config: secnn.SeCnnConfig) -> dict[str, str]:
+        preprocess = {
+            "mode": "L" if config.in_channels == 1 else "RGB",
+            "height": config.image_size,
+            "width": config.image_size,
+            "mean": list(config.normalize_mean),
+            "std": list(config.normalize_std),
+        }
+        return {
+            "attnserve.labels": LABELS_FILE,
+            "attnserve.preprocess": json.dumps(preprocess, separators=(",", ":")),
+        }
+
+
+class EncoderSpec(ModelSpec):
+    name = "transformer_encoder"
+    config_type = encoder.EncoderConfig
+    variants = {"default": encoder.EncoderConfig(), "benchmark": encoder.BENCHMARK}
+
+    def build(self, config: encoder.EncoderConfig) -> nn.Module:
+        return encoder.TransformerEncoder(config)
+
+    def inputs(self, config: encoder.EncoderConfig) -> tuple[TensorConfig, ...]:
+        return (TensorConfig("input_ids", "TYPE_INT64", (-1,)), TensorConfig("attention_mask", "TYPE_INT64", (-1,)))
+
+    def outputs(self, config: encoder.EncoderConfig) -> tuple[TensorConfig, ...]:
+        tensors = (
+            TensorConfig("embedding", "TYPE_FP32", (config.d_model,)),
+            TensorConfig("logits", "TYPE_FP32", (config.num_classes,)),
+        )
+        if config.export_attention:
+            tensors += (TensorConfig("attention", "TYPE_FP32", (config.num_heads, -1, -1)),)
+        return tensors
+
+    def sample(self, config, batch, generator, sequence=None):  # type: ignore[no-untyped-def]
+        """Rows of random length: row 0 full, the last row all padding (batch >= 3)."""
+        t = sequence or config.max_length
+        lengths = torch.randint(1, t + 1, (batch,), generator=generator)
+        lengths[0] = t
+        if batch >= 3:
+            lengths[-1] = 0
+        real = torch.arange(t)[None, :] < lengths[:, None]  # [B, T]
+        ids = torch.randint(encoder.BYTE_OFFSET, config.vocab_size, (batch, t), generator=generator)
+        return {
+            "input_ids": torch.where(real, ids, torch.full_like(ids, encoder.PAD_ID)),
+            "attention_mask": real.long(),
+        }
+
+    def dynamic_axes(self, config: encoder.EncoderConfig) -> dict[str, dict[int, Dim]]:
+        batch, sequence = Dim("batch"), Dim("sequence", min=1, max=config.max_length)
+        return {"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}}
+
+    def parity_sequences(self, config: encoder.EncoderConfig) -> tuple[int | None, ...]:
+        return (max(2, config.max_length // 8 + 1), config.max_length)  # short, full
+
+    def export_sequence(self, config: encoder.EncoderConfig) -> int | None:
+        return max(3, config.max_length // 4 + 1)  # >= 2 and != batch, so nothing specialises
+
+    def warmup_sequence(self, config: encoder.EncoderConfig) -> int | None:
+        return config.max_length  # the largest shape the model serves
+
+    def side_files(self, config: encoder.EncoderConfig) -> dict[str, str]:
+        tokenizer = json.dumps(encoder.byte_tokenizer_spec(config), indent=2) + "\n"
+        files = {TOKENIZER_FILE: tokenizer}
+        if config.labels is not None:
+            files[LABELS_FILE] = _labels_text(config.labels, config.num_classes)
+        return files
+
+    def parameters(self, config: encoder.EncoderConfig) -> dict[str, str]:
+        params = {"attnserve.pad_inputs": "input_ids:0,attention_mask:0", "attnserve.tokenizer": TOKENIZER_FILE}
+        if config.labels is not None:
+            params["attnserve.labels"] = LABELS_FILE
+        return params
+
+
+SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (SaganSpec(), SeCnnSpec(), EncoderSpec())}

@@ -1,0 +1,59 @@
+"""Which queued requests run next, and when to look again (Triton's dynamic batching rule).
+
+A pure function of the queue, the policy and the time, so the rule can be read (and tested) in
+one place:
+
+1. The batch is built around the first queued request (highest priority, then oldest) and takes
+   only requests of the same shape group, in queue order, while their rows fit in
+   ``max_batch_size``. It stops at the first same-group request that does not fit, so nothing
+   overtakes a request that is waiting for room.
+2. A full batch (``max_batch_size`` rows) goes at once; so does the largest prefix whose rows
+   are one of ``preferred_batch_sizes``.
+3. Otherwise the batch waits until ``max_queue_delay_s`` has passed since the oldest queued
+   request arrived (or the batcher is draining), then goes with whatever it has.
+"""
+
+from __future__ import annotations
+
+from service.batching.policy import BatchingPolicy
+from service.batching.queue import PendingQueue
+from service.batching.request import Pending
+
+
+def next_batch(
+    queue: PendingQueue, policy: BatchingPolicy, now: float, *, draining: bool
+) -> tuple[list[Pending], float | None]:
+    """Return (requests to execute now, None) or ([], the time the batch becomes due)."""
+    # A cancelled caller's request is still queued until its own task runs its cleanup; it
+    # must never be computed, so it is invisible here.
+    candidates = (item for item in queue if not item.future.done())
+    head = next(candidates, None)
+    if head is None:
+        return [], None
+    if not policy.combines_requests:
+        return [head], None
+
+    limit = policy.max_batch_size
+    chosen = [head]
+    totals = [head.rows]  # totals[i] = rows of chosen[: i + 1]
+    for item in candidates:
+        if totals[-1] == limit:
+            break
+        if item.group != head.group:
+            continue  # different shapes wait for a batch of their own
+        if totals[-1] + item.rows > limit:
+            break
+        chosen.append(item)
+        totals.append(totals[-1] + item.rows)
+    if totals[-1] == limit:
+        return chosen, None
+
+    preferred = [count for count, total in enumerate(totals, 1) if total in policy.preferred_batch_sizes]
+    if preferred:
+        return chosen[: preferred[-1]], None
+
+    oldest = queue.oldest_enqueued_at()
+    due = (head.enqueued_at if oldest is None else oldest) + policy.max_queue_delay_s
+    if draining or now >= due:
+        return chosen, None
+    return [], due

@@ -1,0 +1,62 @@
+"""The ``attnserve`` console script.
+
+``serve`` runs the server; ``export`` builds a model repository (needs the export extra,
+so torch is imported only when that verb runs); ``health`` and ``models`` are small client
+checks for operators.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from service.settings import Settings, SettingsError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    verb, rest = argv[0], argv[1:]
+    if verb == "serve":
+        return _serve(rest)
+    if verb == "export":
+        try:
+            from export.cli import main as export_main  # build-time only: imports torch
+        except ImportError as exc:
+            print(f"attnserve export needs the export extra (pip install '.[export]'): {exc}", file=sys.stderr)
+            return 2
+        return export_main(rest)
+    if verb in ("health", "models"):
+        from service.healthcheck import main as check_main
+
+        return check_main([verb, *rest])
+    print(f"attnserve: unknown command {verb!r}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+def _serve(argv: list[str]) -> int:
+    try:
+        settings = Settings.from_sources(argv)  # --help and unknown flags exit here, before any work
+    except SettingsError as exc:
+        print(f"attnserve serve: {exc}", file=sys.stderr)
+        return 2
+    from service.app import run
+
+    try:
+        return run(settings)
+    except SettingsError as exc:
+        print(f"attnserve serve: {exc}", file=sys.stderr)
+        return 2
+
+
+USAGE = """usage: attnserve COMMAND [options]
+
+commands:
+  serve    serve a model repository over gRPC (KServe v2 / Triton protocol)
+  export   export the models to ONNX as a model repository (needs the export extra)
+  health   ask a server whether it is live and ready
+  models   list a server's models and their state
+
+run 'attnserve COMMAND --help' for the options of each command."""

@@ -1,0 +1,170 @@
+"""Open Inference Protocol (v2) tensors <-> numpy, validated against the model's spec.
+
+No I/O and no model state: a request is checked against the :class:`ModelSpec` and turned into
+numpy arrays (raw contents are viewed, not copied), and outputs are turned back into
+``raw_output_contents`` (the only place tritonclient's ``as_numpy`` reads). Every message
+names the tensor and what was expected, because that is what a client needs to fix a call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from service.dtypes import NUMPY_TO_V2, V2_TO_CONTENTS_FIELD, V2_TO_NUMPY
+from service.errors import InvalidInput
+from service.model_config import ModelSpec, TensorSpec
+from service.proto.inference import grpc_service_pb2 as pb
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...]  # requested output names, in order; all outputs when none asked
+    timeout_s: float | None  # "timeout" parameter (microseconds on the wire)
+    priority: int | None
+
+
+def decode_request(request: pb.ModelInferRequest, spec: ModelSpec, max_tensor_bytes: int) -> DecodedRequest:
+    if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(request.raw_input_contents)} entries for "
+            f"{len(request.inputs)} inputs; send all inputs raw or all typed"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        expected = spec.input(tensor.name)
+        if expected is None:
+            raise InvalidInput(
+                f"unknown input {tensor.name!r} for model {spec.name!r}; "
+                f"expected {[t.name for t in spec.inputs]}"
+            )
+        if tensor.name in inputs:
+            raise InvalidInput(f"input {tensor.name!r} is given more than once")
+        raw = request.raw_input_contents[i] if request.raw_input_contents else None
+        inputs[tensor.name] = _decode_tensor(tensor, raw, expected, spec, max_tensor_bytes)
+    missing = [t.name for t in spec.inputs if t.name not in inputs]
+    if missing:
+        raise InvalidInput(f"missing inputs {missing} for model {spec.name!r}")
+    _check_batch_agrees(inputs, spec)
+    return DecodedRequest(
+        inputs=inputs,
+        outputs=_requested_outputs(request, spec),
+        timeout_s=_timeout(request.parameters),
+        priority=_priority(request.parameters),
+    )
+
+
+def _decode_tensor(
+    tensor: pb.ModelInferRequest.InferInputTensor,
+    raw: bytes | None,
+    expected: TensorSpec,
+    spec: ModelSpec,
+    max_tensor_bytes: int,
+) -> np.ndarray:
+    name = tensor.name
+    if tensor.datatype != expected.datatype:
+        raise InvalidInput(f"input {name!r} has datatype {tensor.datatype or '(empty)'}, expected {expected.datatype}")
+    shape = tuple(int(d) for d in tensor.shape)
+    _check_shape(name, shape, expected, spec)
+    dtype = V2_TO_NUMPY[expected.datatype]
+    count = math.prod(shape)
+    if count * dtype.itemsize > max_tensor_bytes:
+        raise InvalidInput(f"input {name!r} of shape {list(shape)} exceeds the tensor limit of {max_tensor_bytes} bytes")
+    has_typed = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
+    if raw is not None:
+        if has_typed:
+            raise InvalidInput(f"input {name!r} has both raw and typed contents; send one")
+        want = count * dtype.itemsize
+        if len(raw) != want:
+            raise InvalidInput(
+                f"input {name!r}: {len(raw)} bytes of raw contents, expected {want} "
+                f"for shape {list(shape)} of {expected.datatype}"
+            )
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    values = getattr(tensor.contents, V2_TO_CONTENTS_FIELD[expected.datatype])
+    if len(values) != count:
+        raise InvalidInput(f"input {name!r}: {len(values)} typed values, expected {count} for shape {list(shape)}")
+    try:
+        return np.asarray(values, dtype=dtype).reshape(shape)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInput(f"input {name!r}: typed values do not fit {expected.datatype}") from exc
+
+
+def _check_shape(name: str, shape: tuple[int, ...], expected: TensorSpec, spec: ModelSpec) -> None:
+    batched = spec.max_batch_size > 0
+    want = (("batch",) if batched else ()) + tuple("-1" if d == -1 else str(d) for d in expected.dims)
+    if len(shape) != len(want) or any(d < 0 for d in shape):
+        raise InvalidInput(f"input {name!r} has shape {list(shape)}, expected [{', '.join(want)}]")
+    dims = shape[1:] if batched else shape
+    for axis, (have, need) in enumerate(zip(dims, expected.dims)):
+        if need != -1 and have != need:
+            raise InvalidInput(f"input {name!r} has shape {list(shape)}, expected [{', '.join(want)}]")
+        if need == -1 and have == 0:
+            raise InvalidInput(f"input {name!r} has an empty variable dim {axis + int(batched)}")
+    if batched:
+        if shape[0] < 1:
+            raise InvalidInput(f"input {name!r} has batch size 0; send at least one row")
+        if shape[0] > spec.max_batch_size:
+            raise InvalidInput(
+                f"input {name!r} has batch size {shape[0]}, above max_batch_size {spec.max_batch_size}"
+            )
+
+
+def _check_batch_agrees(inputs: Mapping[str, np.ndarray], spec: ModelSpec) -> None:
+    if spec.max_batch_size <= 0 or len(inputs) < 2:
+        return
+    rows = {name: a.shape[0] for name, a in inputs.items()}
+    if len(set(rows.values())) > 1:
+        raise InvalidInput(f"inputs disagree on batch size: {rows}")
+
+
+def _requested_outputs(request: pb.ModelInferRequest, spec: ModelSpec) -> tuple[str, ...]:
+    if not request.outputs:
+        return tuple(o.name for o in spec.outputs)
+    names = []
+    for out in request.outputs:
+        if spec.output(out.name) is None:
+            raise InvalidInput(
+                f"unknown output {out.name!r} for model {spec.name!r}; expected {[o.name for o in spec.outputs]}"
+            )
+        if "classification" in out.parameters and _int_param(out.parameters["classification"], "classification"):
+            raise InvalidInput(f"output {out.name!r}: the classification extension is not supported")
+        names.append(out.name)
+    return tuple(dict.fromkeys(names))
+
+
+def _timeout(params: Mapping[str, pb.InferParameter]) -> float | None:
+    if "timeout" not in params:
+        return None
+    value = _int_param(params["timeout"], "timeout")
+    if value < 0:
+        raise InvalidInput("parameter 'timeout' must be >= 0 microseconds")
+    return value / 1e6 if value else None
+
+
+def _priority(params: Mapping[str, pb.InferParameter]) -> int | None:
+    if "priority" not in params:
+        return None
+    return _int_param(params["priority"], "priority") or None
+
+
+def _int_param(p: pb.InferParameter, name: str) -> int:
+    kind = p.WhichOneof("parameter_choice")
+    if kind in ("int64_param", "uint64_param"):
+        return int(getattr(p, kind))
+    raise InvalidInput(f"parameter {name!r} must be an integer, got {kind or 'nothing'}")
+
+
+def encode_response(
+    request: pb.ModelInferRequest, model_name: str, version: str, outputs: Mapping[str, np.ndarray], names: tuple[str, ...]
+) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=model_name, model_version=version, id=request.id)
+    for name in names:
+        array = np.ascontiguousarray(outputs[name])
+        response.outputs.add(name=name, datatype=NUMPY_TO_V2[array.dtype], shape=array.shape)
+        response.raw_output_contents.append(array.tobytes())
+    return response

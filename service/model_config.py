@@ -1,0 +1,215 @@
+"""``config.pbtxt`` -> Triton ``ModelConfig`` proto -> :class:`ModelSpec`.
+
+The server parses the config with the same proto it serves from the ModelConfig RPC, so the
+folder also loads in Triton. Everything the rest of the server needs is then read once into
+plain frozen dataclasses; no layer below this one touches protobuf.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from google.protobuf import text_format
+
+from service.batching.policy import BatchingPolicy
+from service.dtypes import V2_TO_NUMPY, config_type_to_v2
+from service.errors import ModelLoadError
+from service.proto.inference import model_config_pb2 as mc
+
+CONFIG_FILE = "config.pbtxt"
+ONNX_PLATFORMS = ("onnxruntime_onnx",)
+ONNX_BACKENDS = ("onnxruntime",)
+PAD_INPUTS_PARAM = "attnserve.pad_inputs"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output, dims *without* the batch dim; -1 marks a variable dim."""
+
+    name: str
+    datatype: str  # v2 name, e.g. "FP32"
+    dims: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return V2_TO_NUMPY[self.datatype]
+
+    @property
+    def variable_axes(self) -> tuple[int, ...]:
+        """Variable dims as axes of the *batched* tensor (batch is axis 0)."""
+        return tuple(i + 1 for i, d in enumerate(self.dims) if d == -1)
+
+
+@dataclass(frozen=True)
+class WarmupSample:
+    name: str
+    batch_size: int
+    # input name -> (v2 datatype, dims without batch, "zero" | "random")
+    inputs: Mapping[str, tuple[str, tuple[int, ...], str]]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    policy: BatchingPolicy
+    instance_count: int
+    warmup: tuple[WarmupSample, ...]
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    version_policy: str = "latest"  # "latest" | "all" | "specific"
+    version_policy_values: tuple[int, ...] = (1,)
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+
+def read_config(model_dir: Path) -> mc.ModelConfig:
+    """Parse ``<model_dir>/config.pbtxt``; a missing or malformed file is a ModelLoadError."""
+    path = model_dir / CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path}: no {CONFIG_FILE}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc})") from exc
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise ModelLoadError(f"{path}: not a valid ModelConfig ({exc})") from exc
+    if not config.name:
+        config.name = model_dir.name
+    elif config.name != model_dir.name:
+        raise ModelLoadError(
+            f"{path}: name {config.name!r} does not match its folder {model_dir.name!r}"
+        )
+    return config
+
+
+def to_spec(config: mc.ModelConfig) -> ModelSpec:
+    """Check a parsed config is one this server can serve, and read it into a ModelSpec."""
+    where = f"model {config.name!r}"
+    if config.platform not in ONNX_PLATFORMS and config.backend not in ONNX_BACKENDS:
+        raise ModelLoadError(
+            f"{where}: platform {config.platform!r} / backend {config.backend!r} is not served; "
+            f"use platform: \"onnxruntime_onnx\""
+        )
+    if config.max_batch_size < 0:
+        raise ModelLoadError(f"{where}: max_batch_size must be >= 0")
+    if not config.input or not config.output:
+        raise ModelLoadError(f"{where}: config must list its inputs and outputs")
+    inputs = tuple(_tensor(t, where) for t in config.input)
+    outputs = tuple(_tensor(t, where) for t in config.output)
+    parameters = {k: v.string_value for k, v in config.parameters.items()}
+    instances = sum(max(g.count, 1) for g in config.instance_group) or 1
+    return ModelSpec(
+        name=config.name,
+        max_batch_size=config.max_batch_size,
+        inputs=inputs,
+        outputs=outputs,
+        policy=_policy(config, inputs, outputs, parameters, instances, where),
+        instance_count=instances,
+        warmup=tuple(_warmup(w, where) for w in config.model_warmup),
+        parameters=parameters,
+        **_version_policy(config),
+    )
+
+
+def _tensor(t: mc.ModelInput | mc.ModelOutput, where: str) -> TensorSpec:
+    datatype = config_type_to_v2(mc.DataType.Name(t.data_type))
+    if datatype not in V2_TO_NUMPY:
+        raise ModelLoadError(f"{where}: tensor {t.name!r} has unsupported type {datatype}")
+    if any(d == 0 or d < -1 for d in t.dims):
+        raise ModelLoadError(f"{where}: tensor {t.name!r} dims {list(t.dims)} (use -1 for variable)")
+    return TensorSpec(name=t.name, datatype=datatype, dims=tuple(int(d) for d in t.dims))
+
+
+def _policy(
+    config: mc.ModelConfig,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    parameters: Mapping[str, str],
+    instances: int,
+    where: str,
+) -> BatchingPolicy:
+    pad_values = _pad_values(parameters.get(PAD_INPUTS_PARAM, ""), inputs, where)
+    common = dict(
+        max_batch_size=config.max_batch_size,
+        pad_values=pad_values,
+        variable_output_axes={o.name: o.variable_axes for o in outputs if o.variable_axes}
+        if pad_values else {},
+        max_concurrent_batches=instances,
+    )
+    if not config.HasField("dynamic_batching"):
+        return BatchingPolicy(dynamic=False, **common)
+    db = config.dynamic_batching
+    for size in db.preferred_batch_size:
+        if not 0 < size <= max(config.max_batch_size, 1):
+            raise ModelLoadError(f"{where}: preferred_batch_size {size} outside 1..max_batch_size")
+    queue = db.default_queue_policy
+    return BatchingPolicy(
+        dynamic=config.max_batch_size > 0,
+        preferred_batch_sizes=tuple(sorted(db.preferred_batch_size)),
+        max_queue_delay_s=db.max_queue_delay_microseconds / 1e6,
+        max_queue_size=queue.max_queue_size,
+        default_timeout_s=(queue.default_timeout_microseconds / 1e6) or None,
+        allow_timeout_override=queue.allow_timeout_override or not queue.default_timeout_microseconds,
+        priority_levels=db.priority_levels,
+        default_priority=db.default_priority_level,
+        **common,
+    )
+
+
+def _pad_values(text: str, inputs: tuple[TensorSpec, ...], where: str) -> dict[str, float]:
+    """``"input_ids:0,attention_mask:0"`` -> {"input_ids": 0.0, "attention_mask": 0.0}."""
+    values: dict[str, float] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, value = item.partition(":")
+        spec = next((t for t in inputs if t.name == name), None)
+        if spec is None or not spec.variable_axes:
+            raise ModelLoadError(f"{where}: {PAD_INPUTS_PARAM} names {name!r}, not a variable-dim input")
+        try:
+            values[name] = float(value or 0)
+        except ValueError as exc:
+            raise ModelLoadError(f"{where}: {PAD_INPUTS_PARAM} value for {name!r} is not a number") from exc
+    return values
+
+
+def _warmup(w: mc.ModelWarmup, where: str) -> WarmupSample:
+    inputs = {}
+    for name, inp in w.inputs.items():
+        kind = inp.WhichOneof("input_data_type")
+        if kind not in ("zero_data", "random_data"):
+            raise ModelLoadError(f"{where}: warmup {w.name!r} input {name!r}: {kind} is not supported")
+        datatype = config_type_to_v2(mc.DataType.Name(inp.data_type))
+        inputs[name] = (datatype, tuple(int(d) for d in inp.dims), kind.removesuffix("_data"))
+    return WarmupSample(name=w.name, batch_size=max(w.batch_size, 1), inputs=inputs)
+
+
+def _version_policy(config: mc.ModelConfig) -> dict:
+    vp = config.version_policy
+    which = vp.WhichOneof("policy_choice")
+    if which == "all":
+        return {"version_policy": "all", "version_policy_values": ()}
+    if which == "specific":
+        return {"version_policy": "specific", "version_policy_values": tuple(vp.specific.versions)}
+    count = vp.latest.num_versions if which == "latest" else 1
+    return {"version_policy": "latest", "version_policy_values": (max(count, 1),)}
+
+
+def load_json_parameter(model_dir: Path, spec: ModelSpec, key: str) -> dict | None:
+    """Read a JSON-valued parameter (inline JSON, or a side file named by the parameter)."""
+    raw = spec.parameters.get(key)
+    if not raw:
+        return None
+    text = raw if raw.lstrip().startswith("{") else (model_dir / raw).read_text(encoding="utf-8")
+    return json.loads(text)

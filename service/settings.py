@@ -1,0 +1,184 @@
+"""The one settings class: command-line flags over ``ATTNSERVE_*`` environment over defaults.
+
+Flag names follow Triton's (``--model-repository``, ``--grpc-port``, ``--metrics-port``,
+``--exit-timeout-secs``) so operators feel at home. Every value is validated when the settings
+are built, so a bad deployment fails at start with one clear message instead of at the first
+request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+ENV_PREFIX = "ATTNSERVE_"
+PROVIDERS = ("auto", "cpu", "cuda")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MiB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting has a value the server cannot start with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_repository: Path = Path("model_repository")
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    metrics_host: str = ""  # empty: same as host
+    metrics_port: int = 8002
+    allow_metrics: bool = True
+    # grpcio refuses messages above 4 MiB by default; a batch of 128x128 RGB images is larger.
+    max_message_bytes: int = 64 * MiB
+    exit_timeout_s: float = 30.0
+    provider: str = "auto"
+    device_id: int = 0
+    # 0: share the machine's cores among the sessions of all instances (see runtime.runner).
+    intra_op_threads: int = 0
+    # Empty: load every model in the repository at start.
+    load_models: tuple[str, ...] = ()
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def grpc_address(self) -> str:
+        return _join(self.host, self.grpc_port)
+
+    @property
+    def effective_metrics_host(self) -> str:
+        return self.metrics_host or self.host
+
+    @classmethod
+    def from_sources(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> "Settings":
+        """Build settings from flags (highest), then ``ATTNSERVE_*`` variables, then defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in _fields():
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f, raw, source=ENV_PREFIX + f.name.upper())
+        parsed = vars(build_parser().parse_args(list(argv or [])))
+        for name, raw in parsed.items():
+            if raw is not None:
+                values[name] = _convert(_field(name), raw, source="--" + name.replace("_", "-"))
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Flags for ``attnserve serve``. Defaults are None so env/defaults show through."""
+    p = parser or argparse.ArgumentParser(prog="attnserve serve")
+    p.add_argument("--model-repository", dest="model_repository", metavar="DIR")
+    p.add_argument("--host", dest="host", help="address the gRPC port binds (default 127.0.0.1)")
+    p.add_argument("--grpc-port", dest="grpc_port", metavar="PORT", help="0 picks a free port")
+    p.add_argument("--metrics-host", dest="metrics_host", help="default: same as --host")
+    p.add_argument("--metrics-port", dest="metrics_port", metavar="PORT", help="0 picks a free port")
+    p.add_argument("--allow-metrics", dest="allow_metrics", metavar="BOOL")
+    p.add_argument("--max-message-bytes", dest="max_message_bytes", metavar="N")
+    p.add_argument("--exit-timeout-secs", dest="exit_timeout_s", metavar="SECONDS")
+    p.add_argument("--provider", dest="provider", choices=PROVIDERS)
+    p.add_argument("--device-id", dest="device_id", metavar="N")
+    p.add_argument("--intra-op-threads", dest="intra_op_threads", metavar="N")
+    p.add_argument(
+        "--load-model", dest="load_models", action="append", metavar="NAME",
+        help="load only these models at start (repeatable; default: all)",
+    )
+    p.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS)
+    return p
+
+
+def _fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(Settings))
+
+
+def _field(name: str) -> dataclasses.Field:
+    return next(f for f in _fields() if f.name == name)
+
+
+def _convert(f: dataclasses.Field, raw: Any, *, source: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "Path":
+            return Path(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return _parse_bool(raw)
+        if kind.startswith("tuple"):
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return tuple(s.strip() for s in items if s.strip())
+        return str(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{source}: cannot read {raw!r} as {kind}") from exc
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _validate(s: Settings) -> None:
+    for name in ("grpc_port", "metrics_port"):
+        port = getattr(s, name)
+        if not 0 <= port <= 65535:
+            raise SettingsError(f"{name}={port}: a port is 0..65535 (0 picks a free one)")
+    for name in ("host", "metrics_host"):
+        value = getattr(s, name)
+        if value and not _is_host(value):
+            raise SettingsError(f"{name}={value!r}: not an IP address or host name")
+    if s.max_message_bytes < 4 * MiB or s.max_message_bytes > 2047 * MiB:
+        raise SettingsError(
+            f"max_message_bytes={s.max_message_bytes}: must be between 4 MiB and 2047 MiB"
+        )
+    if not 0 < s.exit_timeout_s <= 3600:
+        raise SettingsError(f"exit_timeout_s={s.exit_timeout_s}: must be in (0, 3600] seconds")
+    if s.provider not in PROVIDERS:
+        raise SettingsError(f"provider={s.provider!r}: one of {', '.join(PROVIDERS)}")
+    if s.device_id < 0:
+        raise SettingsError(f"device_id={s.device_id}: must be >= 0")
+    if s.intra_op_threads < 0:
+        raise SettingsError(f"intra_op_threads={s.intra_op_threads}: must be >= 0 (0 = auto)")
+    if s.log_level.upper() not in LOG_LEVELS:
+        raise SettingsError(f"log_level={s.log_level!r}: one of {', '.join(LOG_LEVELS)}")
+
+
+def _is_host(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return True
+    except ValueError:
+        labels = value.split(".")
+        return all(label and len(label) <= 63 and label.replace("-", "").isalnum() for label in labels)
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def check_repository(settings: Settings) -> None:
+    """Fail at start, not at first request, when the repository folder is missing."""
+    if not settings.model_repository.is_dir():
+        raise SettingsError(
+            f"model repository {str(settings.model_repository)!r} is not a directory "
+            "(export one with: attnserve export --model-repository DIR)"
+        )

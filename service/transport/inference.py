@@ -1,0 +1,184 @@
+"""``inference.GRPCInferenceService``: the KServe v2 / Triton gRPC surface.
+
+Thin by design: each handler resolves the model, decodes with :mod:`service.codec.v2`,
+calls the data plane or repository, and encodes. Status codes come from
+:mod:`service.transport.status`; nothing here decides policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import AsyncIterator
+
+import grpc
+
+from service import __version__
+from service.codec import v2
+from service.dataplane import DataPlane
+from service.errors import AttnServeError, InvalidInput, ModelNotFound
+from service.proto.inference import grpc_service_pb2 as pb
+from service.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from service.transport.observe import observed
+from service.transport.statistics import statistics_proto
+from service.transport.status import grpc_errors, log_if_fault, status_for
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "attnserve"
+EXTENSIONS = ("model_repository", "model_configuration", "schedule_policy", "statistics", "parameters")
+SURFACE = "v2"
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's gRPC deadline on the batcher's clock (time.monotonic)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane, *, max_tensor_bytes: int, on_repository_change=None) -> None:
+        self._dataplane = dataplane
+        self._repository = dataplane.repository
+        self._max_tensor_bytes = max_tensor_bytes
+        self._on_repository_change = on_repository_change
+
+    # -- health and metadata ------------------------------------------------------------
+    @grpc_errors
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @grpc_errors
+    async def ServerReady(self, request, context):
+        ready = not self._dataplane.draining and bool(self._repository.ready_models())
+        return pb.ServerReadyResponse(ready=ready)
+
+    @grpc_errors
+    async def ModelReady(self, request, context):
+        ready = not self._dataplane.draining and self._repository.is_ready(request.name, request.version)
+        return pb.ModelReadyResponse(ready=ready)
+
+    @grpc_errors
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
+
+    @grpc_errors
+    async def ModelMetadata(self, request, context):
+        model = self._repository.get(request.name, request.version)
+        spec = model.spec
+        batch = [-1] if spec.max_batch_size > 0 else []
+        versions = [m.version for m in self._repository.ready_models() if m.name == spec.name]
+        return pb.ModelMetadataResponse(
+            name=spec.name,
+            versions=sorted(versions, key=int),
+            platform="onnxruntime_onnx",
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=batch + list(t.dims)) for t in spec.inputs],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=batch + list(t.dims)) for t in spec.outputs],
+        )
+
+    @grpc_errors
+    async def ModelConfig(self, request, context):
+        model = self._repository.get(request.name, request.version)
+        return pb.ModelConfigResponse(config=model.config)
+
+    @grpc_errors
+    async def ModelStatistics(self, request, context):
+        if request.name:
+            models = [self._repository.get(request.name, request.version)]
+        else:
+            models = self._repository.ready_models()
+        return pb.ModelStatisticsResponse(model_stats=[statistics_proto(m) for m in models])
+
+    # -- inference ------------------------------------------------------------------------
+    @grpc_errors
+    async def ModelInfer(self, request, context):
+        return await self._infer(request, deadline_of(context))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request of the stream is answered on its own as soon as it is computed, so one
+        stream can fill a batch; a failed request gets an ``error_message`` and the stream goes on."""
+        responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            try:
+                result = await self._infer(request, deadline_of(context))
+                await responses.put(pb.ModelStreamInferResponse(infer_response=result))
+            except Exception as exc:
+                log_if_fault(exc, "ModelStreamInfer")
+                error = pb.ModelStreamInferResponse(error_message=status_for(exc)[1])
+                error.infer_response.id = request.id
+                error.infer_response.model_name = request.model_name
+                await responses.put(error)
+
+        async def read_all() -> None:
+            async for request in request_iterator:
+                task = asyncio.create_task(one(request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*list(pending))
+            await responses.put(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (item := await responses.get()) is not None:
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+        model = self._dataplane.model(request.model_name, request.model_version)
+        async with observed(model, SURFACE):
+            decoded = v2.decode_request(request, model.spec, self._max_tensor_bytes)
+            outputs = await self._dataplane.infer(
+                model, decoded.inputs, deadline=deadline, timeout_s=decoded.timeout_s, priority=decoded.priority
+            )
+            return v2.encode_response(request, model.name, model.version, outputs, decoded.outputs)
+
+    # -- repository ---------------------------------------------------------------------
+    @grpc_errors
+    async def RepositoryIndex(self, request, context):
+        _check_repository_name(request.repository_name)
+        rows = self._repository.index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(name=r.name, version=r.version, state=r.state, reason=r.reason) for r in rows]
+        )
+
+    @grpc_errors
+    async def RepositoryModelLoad(self, request, context):
+        _check_repository_name(request.repository_name)
+        if request.parameters:
+            raise InvalidInput(
+                f"load parameters {sorted(request.parameters)} are not supported; edit the repository files instead"
+            )
+        try:
+            await self._repository.load(request.model_name)
+        finally:
+            await self._notify(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @grpc_errors
+    async def RepositoryModelUnload(self, request, context):
+        _check_repository_name(request.repository_name)
+        await self._repository.unload(request.model_name)
+        await self._notify(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def _notify(self, name: str) -> None:
+        if self._on_repository_change is not None:
+            await self._on_repository_change(name)
+
+
+def _check_repository_name(name: str) -> None:
+    if name and name != "default":
+        raise ModelNotFound(f"unknown repository {name!r}; this server has one repository")
+
+
+__all__ = ["InferenceServicer", "AttnServeError"]

@@ -1,0 +1,70 @@
+"""The one table from domain errors to gRPC status codes, and the wrapper that applies it.
+
+Servicers never choose status codes themselves: they raise (or let through) domain errors and
+``grpc_errors`` turns them into ``context.abort`` here. Anything that is not a domain error is
+a server fault: the client gets a generic INTERNAL message, the traceback goes to the log.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Awaitable, Callable, TypeVar
+
+import grpc
+
+from service import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[errors.AttnServeError], grpc.StatusCode] = {
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    errors.ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.QueueFull: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    errors.InternalError: grpc.StatusCode.INTERNAL,
+}
+INTERNAL_MESSAGE = "internal server error (details in the server log)"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Status code and client-safe message for any exception."""
+    for cls in type(exc).__mro__:
+        code = STATUS_BY_ERROR.get(cls)  # type: ignore[arg-type]
+        if code is not None:
+            message = INTERNAL_MESSAGE if code is grpc.StatusCode.INTERNAL else exc.message  # type: ignore[attr-defined]
+            return code, message
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def log_if_fault(exc: BaseException, what: str) -> None:
+    code, _ = status_for(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("%s failed", what, exc_info=exc)
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def grpc_errors(method: F) -> F:
+    """Wrap a unary grpc.aio handler: domain errors become their status, faults INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except errors.AttnServeError as exc:
+            log_if_fault(exc, method.__name__)
+            code, message = status_for(exc)
+            await context.abort(code, message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # a bug or a library fault: never leak its text to clients
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+    return wrapper  # type: ignore[return-value]
