@@ -179,12 +179,20 @@ def render_config(spec: ModelConfigSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _readable_mode() -> int:
+    """0o666 less the process umask: what open() would give (mkstemp gives 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, _readable_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -210,6 +218,7 @@ def write_model(
     os.close(fd)
     try:
         shutil.copyfile(onnx_file, tmp)
+        os.chmod(tmp, _readable_mode())
         os.replace(tmp, version_dir / "model.onnx")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

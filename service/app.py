@@ -18,10 +18,10 @@ from grpc_health.v1 import health
 from prometheus_client import CollectorRegistry
 
 from service.dataplane import DataPlane
-from service.metrics import Metrics, start_metrics_http
+from service.metrics import GpuSampler, Metrics, start_metrics_http
 from service.model_config import ModelSpec
 from service.repository import ModelRepository
-from service.runtime.runner import OrtRunner, default_intra_op_threads
+from service.runtime import OrtRunner, default_intra_op_threads, resolve_provider
 from service.settings import Settings, check_repository
 from service.transport.inference import InferenceServicer
 from service.transport.server import build_server, set_health
@@ -34,7 +34,9 @@ class App:
 
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        self.metrics = Metrics(registry or CollectorRegistry())
+        self.metrics = Metrics(registry or CollectorRegistry(), gpu=GpuSampler.open())
+        # Resolved once, so the CPU fallback is one log line, not one per model.
+        self.provider = resolve_provider(settings.provider)
         self.repository = ModelRepository(
             settings.model_repository,
             runner_factory=self._make_runner,
@@ -53,11 +55,12 @@ class App:
         threads = self.settings.intra_op_threads or default_intra_op_threads(spec.instance_count)
         return OrtRunner(
             path,
-            provider=self.settings.provider,
+            provider=self.provider,
             instances=spec.instance_count,
             intra_op_threads=threads,
             device_id=self.settings.device_id,
-            observer=telemetry,
+            observer=telemetry,  # type: ignore[arg-type]
+            name=spec.name,
         )
 
     async def start(self) -> None:
@@ -73,17 +76,18 @@ class App:
         # Bind first so liveness probes answer while models load, then load and warm up.
         await self._server.start()
         if self.settings.allow_metrics:
-            self._metrics_http, self.metrics_port = start_metrics_http(
+            self._metrics_http = start_metrics_http(
                 self.metrics, self.settings.effective_metrics_host, self.settings.metrics_port
             )
+            self.metrics_port = self._metrics_http.port
         await self.repository.load_all(self.settings.load_models)
         await self.refresh_health()
         ready = [f"{m.name}:{m.version}" for m in self.repository.ready_models()]
         failed = [f"{r.name} ({r.reason})" for r in self.repository.index() if r.state != "READY"]
         metrics = f"http://{self.settings.effective_metrics_host}:{self.metrics_port}/metrics" if self._metrics_http else "off"
         log.info(
-            "attnserve ready: grpc=%s:%d metrics=%s models=[%s] in %.1fs%s",
-            self.settings.host, self.grpc_port, metrics, ", ".join(ready), time.perf_counter() - started,
+            "attnserve ready: grpc=%s:%d metrics=%s provider=%s models=[%s] in %.1fs%s",
+            self.settings.host, self.grpc_port, metrics, self.provider, ", ".join(ready), time.perf_counter() - started,
             f"; NOT loaded: {'; '.join(failed)}" if failed else "",
         )
 
@@ -110,6 +114,7 @@ class App:
             await self._server.stop(grace=min(5.0, self.settings.exit_timeout_s))
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
+        self.metrics.close()
         log.info("stopped in %.2fs", time.perf_counter() - started)
 
     async def serve_forever(self) -> None:

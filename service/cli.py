@@ -44,9 +44,11 @@ def _serve(argv: list[str]) -> int:
         return 2
     from service.app import run
 
+    from service.errors import AttnServeError
+
     try:
         return run(settings)
-    except SettingsError as exc:
+    except (SettingsError, AttnServeError) as exc:
         print(f"attnserve serve: {exc}", file=sys.stderr)
         return 2
 

@@ -26,6 +26,7 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from service.statistics import ModelStatistics
 
@@ -66,7 +67,9 @@ class Metrics:
             "attnserve_request_duration_seconds", "End-to-end request latency inside the server.",
             _MODEL + ("surface",), buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.queue_duration = _latency("attnserve_queue_duration_seconds", "Time a request waited in the batch queue.", r)
+        self.queue_duration = _latency(
+            "attnserve_queue_duration_seconds", "Time a request waited in the batch queue.", r
+        )
         self.compute_input = _latency(
             "attnserve_compute_input_duration_seconds", "Per execution: input checks and copy to the device.", r
         )
@@ -80,7 +83,9 @@ class Metrics:
         self.inferences = Counter("attnserve_inferences_total", "Rows computed successfully.", _MODEL, registry=r)
         self.executions = Counter("attnserve_executions_total", "Successful executions (batches).", _MODEL, registry=r)
         self.queue_depth = Gauge("attnserve_queue_depth", "Requests waiting in the batch queue.", _MODEL, registry=r)
-        self.inflight = Gauge("attnserve_inflight_requests", "Requests accepted and not yet answered.", _MODEL, registry=r)
+        self.inflight = Gauge(
+            "attnserve_inflight_requests", "Requests accepted and not yet answered.", _MODEL, registry=r
+        )
         self.rejections = Counter(
             "attnserve_rejections_total", "Requests refused or dropped before compute, by reason.",
             _MODEL + ("reason",), registry=r,
@@ -224,7 +229,7 @@ class ModelMetrics:
             collector.remove(*labels)
 
 
-class GpuSampler:
+class GpuSampler(Collector):
     """A custom collector: reads NVML at scrape time and reports each GPU's use and memory.
 
     Reading on scrape (rather than sampling in a thread) means no thread, no stale values and
@@ -290,7 +295,9 @@ class GpuSampler:
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
-            GaugeMetricFamily("attnserve_gpu_utilization_ratio", "GPU busy fraction over NVML's last sample period.", labels=["gpu"]),
+            GaugeMetricFamily(
+                "attnserve_gpu_utilization_ratio", "GPU busy fraction over NVML's sample period.", labels=["gpu"]
+            ),
             GaugeMetricFamily("attnserve_gpu_memory_used_bytes", "GPU memory in use (all processes).", labels=["gpu"]),
             GaugeMetricFamily("attnserve_gpu_memory_total_bytes", "GPU memory installed.", labels=["gpu"]),
         )

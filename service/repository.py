@@ -238,7 +238,7 @@ class ModelRepository:
         for loaded in (entry.versions or {}).values():
             loaded.telemetry.ready(False)
             await loaded.batcher.stop(self._drain_timeout_s)
-            loaded.runner.close()
+            await asyncio.to_thread(loaded.runner.close)  # waits for runs still in flight
 
 
 def _select_versions(directory: Path, spec: ModelSpec, filename: str) -> dict[str, Path]:

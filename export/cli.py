@@ -1,0 +1,155 @@
+"""``python -m export`` / ``attnserve export``: export models into a model repository.
+
+Usage errors (unknown model, bad config override, unusable checkpoint) print one line and
+return 2; a failed parity check prints the table and returns 1; success returns 0. No
+traceback reaches the user for anything they can fix from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from export.config_overrides import ConfigError, apply_overrides, load_overrides
+from export.onnx_export import ExportCheckError, ParityError, format_parity_table
+from export.specs import SPECS
+from export.weights import CheckpointError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(ValueError):
+    """A command-line problem the user can fix."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnserve export",
+        description="Export attention models to ONNX (with a parity check against PyTorch) "
+        "into a Triton-layout model repository.",
+    )
+    parser.add_argument("--model-repository", required=True, type=Path, metavar="DIR")
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="NAME",
+        help=f"model to export (repeatable; default: all of {', '.join(SPECS)})",
+    )
+    parser.add_argument(
+        "--checkpoint", action="append", default=[], metavar="NAME=PATH",
+        help="state_dict (.pt or .safetensors) for a model; default: seeded random weights",
+    )
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="NAME=FILE",
+        help="JSON object overriding fields of a model's config dataclass",
+    )
+    parser.add_argument("--variant", choices=("default", "benchmark"), default="default")
+    parser.add_argument(
+        "--max-batch-size", type=int, metavar="N",
+        help="max_batch_size for every exported model (default: per model, 64 or 32)",
+    )
+    return parser
+
+
+def _pairs(values: Sequence[str], flag: str, models: Sequence[str]) -> dict[str, Path]:
+    """NAME=PATH arguments, each naming a model being exported, at most once."""
+    pairs: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"{flag} expects NAME=PATH, got {value!r}")
+        if name not in SPECS:
+            raise UsageError(f"{flag}: unknown model {name!r}; known models: {', '.join(SPECS)}")
+        if name not in models:
+            raise UsageError(f"{flag}: model {name!r} is not being exported")
+        if name in pairs:
+            raise UsageError(f"{flag} given twice for {name!r}")
+        pairs[name] = Path(path)
+    return pairs
+
+
+def _resolve(args: argparse.Namespace) -> list[tuple[str, object, Path | None]]:
+    """(model name, config, checkpoint) for each model to export, validated up front."""
+    unknown = [name for name in args.model if name not in SPECS]
+    if unknown:
+        raise UsageError(f"unknown model(s) {', '.join(unknown)}; known models: {', '.join(SPECS)}")
+    models = list(dict.fromkeys(args.model)) or list(SPECS)
+    if args.max_batch_size is not None and args.max_batch_size < 1:
+        raise UsageError("--max-batch-size must be >= 1")
+    checkpoints = _pairs(args.checkpoint, "--checkpoint", models)
+    config_files = _pairs(args.config, "--config", models)
+    for name, path in checkpoints.items():
+        if not path.is_file():
+            raise UsageError(f"--checkpoint for {name}: {path} does not exist")
+    plan = []
+    for name in models:
+        config = SPECS[name].variants[args.variant]
+        if name in config_files:
+            try:
+                config = apply_overrides(config, load_overrides(config_files[name]))
+            except ConfigError as exc:
+                raise UsageError(f"--config for {name}: {exc}") from None
+        plan.append((name, config, checkpoints.get(name)))
+    return plan
+
+
+def _export_all(args: argparse.Namespace, plan: list[tuple[str, object, Path | None]]) -> int:
+    """Load every model's weights first (a bad checkpoint stops before anything is written),
+    then export them one by one; returns how many were exported."""
+    from export.pipeline import STEPS, export_model, load_weights  # torch: only for valid args
+
+    with tqdm(total=len(plan) * (len(STEPS) + 1), desc="export", unit="step", file=sys.stderr) as bar:
+        models = []
+        for name, config, checkpoint in plan:
+            bar.set_description(f"{name}: weights")
+            models.append(load_weights(SPECS[name], config, checkpoint))
+            bar.update(1)
+        args.model_repository.mkdir(parents=True, exist_ok=True)
+        summary = []
+        for (name, config, _), model in zip(plan, models):
+
+            def step(label: str, name: str = name) -> None:
+                bar.set_description(f"{name}: {label}")
+                if label != STEPS[0]:
+                    bar.update(1)
+
+            result = export_model(
+                SPECS[name], config, model, args.model_repository, args.max_batch_size, step
+            )
+            bar.update(1)
+            tqdm.write(format_parity_table(name, result.rows), file=sys.stdout)
+            summary.append(f"{name}: {result.model_dir} ({result.seconds:.1f} s)")
+    for line in summary:
+        print(line)
+    return len(summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the export CLI; returns the process exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage and the message
+        return int(exc.code or 0)
+    start = time.perf_counter()
+    try:
+        count = _export_all(args, _resolve(args))
+    except (UsageError, CheckpointError) as exc:
+        print(f"attnserve export: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ParityError as exc:
+        print(f"attnserve export: parity check failed:\n{exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ExportCheckError as exc:
+        print(f"attnserve export: exported graph rejected: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"exported {count} model(s) to {args.model_repository} "
+          f"in {time.perf_counter() - start:.1f} s")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

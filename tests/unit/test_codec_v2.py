@@ -1,0 +1,108 @@
+"""The v2 codec: protobuf tensors <-> numpy, checked against the model spec."""
+
+import numpy as np
+import pytest
+
+from service.batching.policy import BatchingPolicy
+from service.codec.v2 import decode_request, encode_response
+from service.errors import InvalidInput
+from service.model_config import ModelSpec, TensorSpec
+from service.proto.inference import grpc_service_pb2 as pb
+
+SPEC = ModelSpec(
+    name="m",
+    max_batch_size=4,
+    inputs=(TensorSpec("image", "FP32", (1, 2, 2)), TensorSpec("label", "INT64", (1,))),
+    outputs=(TensorSpec("logits", "FP32", (3,)), TensorSpec("probabilities", "FP32", (3,))),
+    policy=BatchingPolicy(max_batch_size=4),
+    instance_count=1,
+    warmup=(),
+)
+LIMIT = 1 << 20
+
+
+def request(rows=2, raw=True, image=None, label=None, **kw):
+    image = np.arange(rows * 4, dtype=np.float32).reshape(rows, 1, 2, 2) if image is None else image
+    label = np.arange(rows, dtype=np.int64).reshape(rows, 1) if label is None else label
+    req = pb.ModelInferRequest(model_name="m", id="req-7", **kw)
+    req.inputs.add(name="image", datatype="FP32", shape=image.shape)
+    req.inputs.add(name="label", datatype="INT64", shape=label.shape)
+    if raw:
+        req.raw_input_contents.extend([image.tobytes(), label.tobytes()])
+    else:
+        req.inputs[0].contents.fp32_contents.extend(image.ravel().tolist())
+        req.inputs[1].contents.int64_contents.extend(label.ravel().tolist())
+    return req
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_raw_and_typed_contents_decode_to_the_same_arrays(raw):
+    decoded = decode_request(request(raw=raw), SPEC, LIMIT)
+    np.testing.assert_array_equal(decoded.inputs["image"], np.arange(8, dtype=np.float32).reshape(2, 1, 2, 2))
+    assert decoded.inputs["label"].dtype == np.int64
+    assert decoded.outputs == ("logits", "probabilities")
+    assert decoded.timeout_s is None and decoded.priority is None
+
+
+def test_requested_outputs_and_parameters():
+    req = request()
+    req.outputs.add(name="probabilities")
+    req.parameters["timeout"].int64_param = 2500
+    req.parameters["priority"].uint64_param = 1
+    decoded = decode_request(req, SPEC, LIMIT)
+    assert decoded.outputs == ("probabilities",)
+    assert decoded.timeout_s == pytest.approx(0.0025) and decoded.priority == 1
+
+
+def bad(mutate):
+    req = request()
+    mutate(req)
+    return req
+
+
+@pytest.mark.parametrize(
+    "req, fragment",
+    [
+        (bad(lambda r: setattr(r.inputs[0], "name", "img")), "unknown input 'img'"),
+        (bad(lambda r: setattr(r.inputs[0], "datatype", "FP64")), "'image' has datatype FP64, expected FP32"),
+        (bad(lambda r: r.inputs[0].shape.__delitem__(slice(None))), "'image' has shape"),
+        (bad(lambda r: r.inputs[0].shape.__setitem__(2, 3)), "'image' has shape"),
+        (bad(lambda r: r.raw_input_contents.__setitem__(0, b"\0" * 5)), "5 bytes of raw contents, expected 32"),
+        (bad(lambda r: r.raw_input_contents.pop()), "raw_input_contents has 1 entries for 2 inputs"),
+        (bad(lambda r: r.outputs.add(name="nope")), "unknown output 'nope'"),
+        (bad(lambda r: r.inputs[0].contents.fp32_contents.append(1.0)), "both raw and typed"),
+        (bad(lambda r: r.parameters["timeout"].MergeFrom(pb.InferParameter(string_param="x"))), "must be an integer"),
+        (request(rows=5), "batch size 5, above max_batch_size 4"),
+        (request(rows=0), "batch size 0"),
+        (request(rows=2, label=np.zeros((3, 1), np.int64)), "disagree on batch size"),
+    ],
+)
+def test_bad_requests_name_the_tensor_and_the_expectation(req, fragment):
+    with pytest.raises(InvalidInput, match=fragment.replace("(", r"\(").replace("[", r"\[")):
+        decode_request(req, SPEC, LIMIT)
+
+
+def test_missing_and_duplicate_inputs():
+    req = pb.ModelInferRequest(model_name="m")
+    req.inputs.add(name="image", datatype="FP32", shape=[1, 1, 2, 2]).contents.fp32_contents.extend([0.0] * 4)
+    with pytest.raises(InvalidInput, match="missing inputs \\['label'\\]"):
+        decode_request(req, SPEC, LIMIT)
+    req.inputs.add().CopyFrom(req.inputs[0])
+    with pytest.raises(InvalidInput, match="more than once"):
+        decode_request(req, SPEC, LIMIT)
+
+
+def test_tensor_size_limit_is_checked_before_reading_contents():
+    req = request()
+    req.inputs[0].shape[:] = [4, 1, 2, 2]
+    with pytest.raises(InvalidInput, match="exceeds the tensor limit"):
+        decode_request(req, SPEC, 16)
+
+
+def test_encode_puts_outputs_in_raw_contents_with_the_request_id():
+    outputs = {"logits": np.ones((2, 3), np.float32), "probabilities": np.full((2, 3), 0.5, np.float32)}
+    resp = encode_response(request(), "m", "1", outputs, ("probabilities",))
+    assert (resp.model_name, resp.model_version, resp.id) == ("m", "1", "req-7")
+    assert [o.name for o in resp.outputs] == ["probabilities"]
+    assert list(resp.outputs[0].shape) == [2, 3] and resp.outputs[0].datatype == "FP32"
+    np.testing.assert_array_equal(np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(2, 3), outputs["probabilities"])

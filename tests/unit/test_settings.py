@@ -1,0 +1,57 @@
+"""Settings: flags over environment over defaults, validated at construction."""
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import MiB, Settings, SettingsError
+
+
+def test_defaults_are_loopback_and_triton_ports():
+    s = Settings.from_sources([], {})
+    assert (s.host, s.grpc_port, s.metrics_port) == ("127.0.0.1", 8001, 8002)
+    assert s.max_message_bytes > 4 * MiB  # above grpcio's default
+    assert s.grpc_address == "127.0.0.1:8001"
+
+
+def test_flags_override_environment_which_overrides_defaults():
+    env = {"ATTNSERVE_GRPC_PORT": "9001", "ATTNSERVE_PROVIDER": "cpu", "ATTNSERVE_MODEL_REPOSITORY": "/env"}
+    s = Settings.from_sources(["--grpc-port", "9100", "--model-repository", "/flag"], env)
+    assert s.grpc_port == 9100
+    assert s.provider == "cpu"
+    assert s.model_repository == Path("/flag")
+
+
+def test_repeatable_and_list_settings():
+    assert Settings.from_sources(["--load-model", "a", "--load-model", "b"], {}).load_models == ("a", "b")
+    assert Settings.from_sources([], {"ATTNSERVE_LOAD_MODELS": "a, b"}).load_models == ("a", "b")
+    assert Settings.from_sources([], {"ATTNSERVE_ALLOW_METRICS": "false"}).allow_metrics is False
+
+
+@pytest.mark.parametrize(
+    "argv, env, fragment",
+    [
+        (["--grpc-port", "70000"], {}, "grpc_port"),
+        (["--metrics-port", "-1"], {}, "metrics_port"),
+        ([], {"ATTNSERVE_GRPC_PORT": "eighty"}, "ATTNSERVE_GRPC_PORT"),
+        (["--exit-timeout-secs", "0"], {}, "exit_timeout_s"),
+        (["--max-message-bytes", "1024"], {}, "max_message_bytes"),
+        (["--host", "not a host"], {}, "host"),
+        ([], {"ATTNSERVE_PROVIDER": "tpu"}, "provider"),
+        ([], {"ATTNSERVE_ALLOW_METRICS": "maybe"}, "ATTNSERVE_ALLOW_METRICS"),
+        (["--intra-op-threads", "-2"], {}, "intra_op_threads"),
+    ],
+)
+def test_bad_values_are_refused_with_the_setting_named(argv, env, fragment):
+    with pytest.raises(SettingsError, match=fragment):
+        Settings.from_sources(argv, env)
+
+
+def test_unknown_flag_exits_like_argparse():
+    with pytest.raises(SystemExit) as exc:
+        Settings.from_sources(["--no-such-flag"], {})
+    assert exc.value.code == 2
+
+
+def test_ipv6_host_is_bracketed_in_the_address():
+    assert Settings(host="::1", grpc_port=5).grpc_address == "[::1]:5"
