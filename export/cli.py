@@ -2,7 +2,8 @@
 
 Usage errors (unknown model, bad config override, unusable checkpoint) print one line and
 return 2; a failed parity check prints the table and returns 1; success returns 0. No
-traceback reaches the user for anything they can fix from the command line.
+traceback reaches the user for anything they can fix from the command line. torch is
+imported only once the arguments are valid, so ``--help`` and usage errors are instant.
 """
 
 from __future__ import annotations
@@ -12,19 +13,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from tqdm import tqdm
-
-from export.config_overrides import ConfigError, apply_overrides, load_overrides
-from export.onnx_export import ExportCheckError, ParityError, format_parity_table
-from export.specs import SPECS
-from export.weights import CheckpointError
+from export.defaults import MODEL_NAMES
+from export.errors import ConfigError, ExportFailure, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(ValueError):
-    """A command-line problem the user can fix."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,20 +29,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model-repository", required=True, type=Path, metavar="DIR")
     parser.add_argument(
-        "--model", action="append", default=[], metavar="NAME",
-        help=f"model to export (repeatable; default: all of {', '.join(SPECS)})",
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"model to export (repeatable; default: all of {', '.join(MODEL_NAMES)})",
     )
     parser.add_argument(
-        "--checkpoint", action="append", default=[], metavar="NAME=PATH",
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
         help="state_dict (.pt or .safetensors) for a model; default: seeded random weights",
     )
     parser.add_argument(
-        "--config", action="append", default=[], metavar="NAME=FILE",
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
         help="JSON object overriding fields of a model's config dataclass",
     )
     parser.add_argument("--variant", choices=("default", "benchmark"), default="default")
     parser.add_argument(
-        "--max-batch-size", type=int, metavar="N",
+        "--max-batch-size",
+        type=int,
+        metavar="N",
         help="max_batch_size for every exported model (default: per model, 64 or 32)",
     )
     return parser
@@ -61,8 +66,10 @@ def _pairs(values: Sequence[str], flag: str, models: Sequence[str]) -> dict[str,
         name, sep, path = value.partition("=")
         if not sep or not name or not path:
             raise UsageError(f"{flag} expects NAME=PATH, got {value!r}")
-        if name not in SPECS:
-            raise UsageError(f"{flag}: unknown model {name!r}; known models: {', '.join(SPECS)}")
+        if name not in MODEL_NAMES:
+            raise UsageError(
+                f"{flag}: unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}"
+            )
         if name not in models:
             raise UsageError(f"{flag}: model {name!r} is not being exported")
         if name in pairs:
@@ -71,12 +78,14 @@ def _pairs(values: Sequence[str], flag: str, models: Sequence[str]) -> dict[str,
     return pairs
 
 
-def _resolve(args: argparse.Namespace) -> list[tuple[str, object, Path | None]]:
+def _resolve(args: argparse.Namespace) -> list[tuple[str, Any, Path | None]]:
     """(model name, config, checkpoint) for each model to export, validated up front."""
-    unknown = [name for name in args.model if name not in SPECS]
+    unknown = [name for name in args.model if name not in MODEL_NAMES]
     if unknown:
-        raise UsageError(f"unknown model(s) {', '.join(unknown)}; known models: {', '.join(SPECS)}")
-    models = list(dict.fromkeys(args.model)) or list(SPECS)
+        raise UsageError(
+            f"unknown model(s) {', '.join(unknown)}; known models: {', '.join(MODEL_NAMES)}"
+        )
+    models = list(dict.fromkeys(args.model)) or list(MODEL_NAMES)
     if args.max_batch_size is not None and args.max_batch_size < 1:
         raise UsageError("--max-batch-size must be >= 1")
     checkpoints = _pairs(args.checkpoint, "--checkpoint", models)
@@ -84,6 +93,10 @@ def _resolve(args: argparse.Namespace) -> list[tuple[str, object, Path | None]]:
     for name, path in checkpoints.items():
         if not path.is_file():
             raise UsageError(f"--checkpoint for {name}: {path} does not exist")
+
+    from export.config_overrides import apply_overrides, load_overrides  # imports torch
+    from export.specs import SPECS
+
     plan = []
     for name in models:
         config = SPECS[name].variants[args.variant]
@@ -96,12 +109,17 @@ def _resolve(args: argparse.Namespace) -> list[tuple[str, object, Path | None]]:
     return plan
 
 
-def _export_all(args: argparse.Namespace, plan: list[tuple[str, object, Path | None]]) -> int:
+def _export_all(args: argparse.Namespace, plan: list[tuple[str, Any, Path | None]]) -> int:
     """Load every model's weights first (a bad checkpoint stops before anything is written),
     then export them one by one; returns how many were exported."""
-    from export.pipeline import STEPS, export_model, load_weights  # torch: only for valid args
+    from tqdm import tqdm
 
-    with tqdm(total=len(plan) * (len(STEPS) + 1), desc="export", unit="step", file=sys.stderr) as bar:
+    from export.onnx_export import format_parity_table
+    from export.pipeline import STEPS, export_model, load_weights
+    from export.specs import SPECS
+
+    total = len(plan) * (len(STEPS) + 1)
+    with tqdm(total=total, desc="export", unit="step", file=sys.stderr) as bar:
         models = []
         for name, config, checkpoint in plan:
             bar.set_description(f"{name}: weights")
@@ -114,7 +132,7 @@ def _export_all(args: argparse.Namespace, plan: list[tuple[str, object, Path | N
             def step(label: str, name: str = name) -> None:
                 bar.set_description(f"{name}: {label}")
                 if label != STEPS[0]:
-                    bar.update(1)
+                    bar.update(1)  # the previous step finished
 
             result = export_model(
                 SPECS[name], config, model, args.model_repository, args.max_batch_size, step
@@ -128,7 +146,7 @@ def _export_all(args: argparse.Namespace, plan: list[tuple[str, object, Path | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the export CLI; returns the process exit status."""
+    """Run the export CLI; returns the process exit status (0 ok, 1 failed, 2 usage)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -137,17 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         count = _export_all(args, _resolve(args))
-    except (UsageError, CheckpointError) as exc:
+    except UsageError as exc:  # includes ConfigError and CheckpointError
         print(f"attnserve export: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except ParityError as exc:
-        print(f"attnserve export: parity check failed:\n{exc}", file=sys.stderr)
+    except ExportFailure as exc:  # parity (message holds the table) or graph checks
+        print(f"attnserve export: export failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except ExportCheckError as exc:
-        print(f"attnserve export: exported graph rejected: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"exported {count} model(s) to {args.model_repository} "
-          f"in {time.perf_counter() - start:.1f} s")
+    elapsed = time.perf_counter() - start
+    print(f"exported {count} model(s) to {args.model_repository} in {elapsed:.1f} s")
     return EXIT_OK
 
 

@@ -14,9 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """An override file that does not fit the model's config."""
+from export.errors import ConfigError
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:

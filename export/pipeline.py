@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from export import onnx_export
-from export.onnx_export import ParityError, ParityRow
+from export.errors import ParityError
+from export.onnx_export import ParityRow
 from export.repository_writer import write_model
 from export.specs import ModelSpec
 from export.weights import load_checkpoint, seeded_model

@@ -120,10 +120,11 @@ def _dims(dims: Sequence[int]) -> str:
 
 
 def _tensor_entries(tensors: Sequence[TensorConfig]) -> str:
-    return ",\n".join(
-        f"  {{\n    name: {quote(t.name)}\n    data_type: {t.data_type}\n    dims: {_dims(t.dims)}\n  }}"
+    entries = (
+        f"    name: {quote(t.name)}\n    data_type: {t.data_type}\n    dims: {_dims(t.dims)}"
         for t in tensors
     )
+    return ",\n".join(f"  {{\n{body}\n  }}" for body in entries)
 
 
 def _warmup_block(warmup: WarmupConfig) -> str:
@@ -139,7 +140,7 @@ def _warmup_block(warmup: WarmupConfig) -> str:
             "      }",
             "    }",
         ]
-    return "\n".join(lines + ["  }"])
+    return "\n".join([*lines, "  }"])
 
 
 def render_config(spec: ModelConfigSpec) -> str:

@@ -4,7 +4,7 @@ A :class:`ModelSpec` ties a model file to its served contract: the config datacl
 ``default``/``benchmark`` variants, the tensors of ``config.pbtxt`` (shapes from the config,
 names from docs/architecture.md), random sample inputs for export, parity and batch-norm
 calibration, the symbolic axes, and the side files. Defaults that other code must agree on
-(max batch size, seeds) are the constants just below.
+(max batch size, seeds) live in :mod:`export.defaults`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from export.defaults import DEFAULT_MAX_BATCH_SIZE, MODEL_NAMES, SEEDS
 from export.models import sagan_generator as sagan
 from export.models import se_cnn_classifier as secnn
 from export.models import transformer_encoder as encoder
@@ -28,8 +29,6 @@ from export.repository_writer import (
     preferred_batch_sizes,
 )
 
-DEFAULT_MAX_BATCH_SIZE = {"sagan_generator": 64, "se_cnn_classifier": 64, "transformer_encoder": 32}
-SEEDS = {"sagan_generator": 1805, "se_cnn_classifier": 1709, "transformer_encoder": 1706}
 LABELS_FILE = "labels.txt"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -66,7 +65,8 @@ class ModelSpec(ABC):
     def sample(
         self, config: Any, batch: int, generator: torch.Generator, sequence: int | None = None
     ) -> dict[str, torch.Tensor]:
-        """Random (never all-zero) inputs of ``batch`` rows, keyed by served input name."""
+        """Random inputs of ``batch`` rows, keyed by served input name (never all zeros;
+        the encoder's last row is deliberately all padding when ``batch >= 3``)."""
 
     def dynamic_axes(self, config: Any) -> dict[str, dict[int, Dim]]:
         batch = Dim("batch")
@@ -124,7 +124,10 @@ class SaganSpec(ModelSpec):
         return sagan.SaganGenerator(config)
 
     def inputs(self, config: sagan.SaganConfig) -> tuple[TensorConfig, ...]:
-        return (TensorConfig("z", "TYPE_FP32", (config.z_dim,)), TensorConfig("class_label", "TYPE_INT64", (1,)))
+        return (
+            TensorConfig("z", "TYPE_FP32", (config.z_dim,)),
+            TensorConfig("class_label", "TYPE_INT64", (1,)),
+        )
 
     def outputs(self, config: sagan.SaganConfig) -> tuple[TensorConfig, ...]:
         image = (config.image_channels, config.image_size, config.image_size)
@@ -133,7 +136,13 @@ class SaganSpec(ModelSpec):
             tensors += (TensorConfig("attention", "TYPE_FP32", config.attention_shape),)
         return tensors
 
-    def sample(self, config, batch, generator, sequence=None):  # type: ignore[no-untyped-def]
+    def sample(
+        self,
+        config: sagan.SaganConfig,
+        batch: int,
+        generator: torch.Generator,
+        sequence: int | None = None,
+    ) -> dict[str, torch.Tensor]:
         return {
             "z": torch.randn(batch, config.z_dim, generator=generator),
             "class_label": torch.randint(0, config.num_classes, (batch, 1), generator=generator),
@@ -155,16 +164,31 @@ class SeCnnSpec(ModelSpec):
         return secnn.SeCnnClassifier(config)
 
     def inputs(self, config: secnn.SeCnnConfig) -> tuple[TensorConfig, ...]:
-        return (TensorConfig("image", "TYPE_FP32", (config.in_channels, config.image_size, config.image_size)),)
+        return (
+            TensorConfig(
+                "image", "TYPE_FP32", (config.in_channels, config.image_size, config.image_size)
+            ),
+        )
 
     def outputs(self, config: secnn.SeCnnConfig) -> tuple[TensorConfig, ...]:
         k = config.num_classes
-        tensors = (TensorConfig("logits", "TYPE_FP32", (k,)), TensorConfig("probabilities", "TYPE_FP32", (k,)))
+        tensors = (
+            TensorConfig("logits", "TYPE_FP32", (k,)),
+            TensorConfig("probabilities", "TYPE_FP32", (k,)),
+        )
         if config.export_channel_weights:
-            tensors += (TensorConfig("channel_weights", "TYPE_FP32", (sum(config.stage_channels),)),)
+            tensors += (
+                TensorConfig("channel_weights", "TYPE_FP32", (sum(config.stage_channels),)),
+            )
         return tensors
 
-    def sample(self, config, batch, generator, sequence=None):  # type: ignore[no-untyped-def]
+    def sample(
+        self,
+        config: secnn.SeCnnConfig,
+        batch: int,
+        generator: torch.Generator,
+        sequence: int | None = None,
+    ) -> dict[str, torch.Tensor]:
         side = config.image_size
         return {"image": torch.randn(batch, config.in_channels, side, side, generator=generator)}
 
@@ -194,7 +218,10 @@ class EncoderSpec(ModelSpec):
         return encoder.TransformerEncoder(config)
 
     def inputs(self, config: encoder.EncoderConfig) -> tuple[TensorConfig, ...]:
-        return (TensorConfig("input_ids", "TYPE_INT64", (-1,)), TensorConfig("attention_mask", "TYPE_INT64", (-1,)))
+        return (
+            TensorConfig("input_ids", "TYPE_INT64", (-1,)),
+            TensorConfig("attention_mask", "TYPE_INT64", (-1,)),
+        )
 
     def outputs(self, config: encoder.EncoderConfig) -> tuple[TensorConfig, ...]:
         tensors = (
@@ -205,7 +232,13 @@ class EncoderSpec(ModelSpec):
             tensors += (TensorConfig("attention", "TYPE_FP32", (config.num_heads, -1, -1)),)
         return tensors
 
-    def sample(self, config, batch, generator, sequence=None):  # type: ignore[no-untyped-def]
+    def sample(
+        self,
+        config: encoder.EncoderConfig,
+        batch: int,
+        generator: torch.Generator,
+        sequence: int | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Rows of random length: row 0 full, the last row all padding (batch >= 3)."""
         t = sequence or config.max_length
         lengths = torch.randint(1, t + 1, (batch,), generator=generator)
@@ -240,10 +273,16 @@ class EncoderSpec(ModelSpec):
         return files
 
     def parameters(self, config: encoder.EncoderConfig) -> dict[str, str]:
-        params = {"attnserve.pad_inputs": "input_ids:0,attention_mask:0", "attnserve.tokenizer": TOKENIZER_FILE}
+        params = {
+            "attnserve.pad_inputs": "input_ids:0,attention_mask:0",
+            "attnserve.tokenizer": TOKENIZER_FILE,
+        }
         if config.labels is not None:
             params["attnserve.labels"] = LABELS_FILE
         return params
 
 
-SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (SaganSpec(), SeCnnSpec(), EncoderSpec())}
+SPECS: dict[str, ModelSpec] = {  # keyed and ordered as export.defaults.MODEL_NAMES
+    spec.name: spec for spec in (SaganSpec(), SeCnnSpec(), EncoderSpec())
+}
+assert tuple(SPECS) == MODEL_NAMES

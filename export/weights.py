@@ -20,14 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from export.errors import CheckpointError
 from export.specs import ModelSpec
 
 CALIBRATION_BATCHES = 4
 CALIBRATION_BATCH_SIZE = 16
-
-
-class CheckpointError(ValueError):
-    """The checkpoint cannot be read or does not fit the model."""
 
 
 def seeded_model(spec: ModelSpec, config: Any) -> nn.Module:

@@ -145,16 +145,24 @@ def _policy(
     common = dict(
         max_batch_size=config.max_batch_size,
         pad_values=pad_values,
+        pad_axes={name: spec.variable_axes for spec in inputs for name in pad_values if spec.name == name},
         variable_output_axes={o.name: o.variable_axes for o in outputs if o.variable_axes}
         if pad_values else {},
         max_concurrent_batches=instances,
     )
+    try:
+        return _build_policy(config, common)
+    except ValueError as exc:  # BatchingPolicy checks its own invariants
+        raise ModelLoadError(f"{where}: {exc}") from exc
+
+
+def _build_policy(config: mc.ModelConfig, common: dict) -> BatchingPolicy:
     if not config.HasField("dynamic_batching"):
         return BatchingPolicy(dynamic=False, **common)
     db = config.dynamic_batching
     for size in db.preferred_batch_size:
         if not 0 < size <= max(config.max_batch_size, 1):
-            raise ModelLoadError(f"{where}: preferred_batch_size {size} outside 1..max_batch_size")
+            raise ValueError(f"preferred_batch_size {size} outside 1..max_batch_size")
     queue = db.default_queue_policy
     return BatchingPolicy(
         dynamic=config.max_batch_size > 0,

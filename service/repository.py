@@ -153,6 +153,10 @@ class ModelRepository:
 
     async def load(self, name: str) -> None:
         """(Re)load every version the model's policy selects; replaces a loaded model."""
+        # Checked before an entry (and a lock) exists, so a load of a name that is not in the
+        # repository leaves no trace in the index, and a name is one folder of the repository.
+        if name not in self._entries and name not in self.available_names():
+            raise ModelNotFound(f"unknown model {name!r}")
         async with self._lock(name):
             previous = self._entries.get(name)
             entry = ModelEntry(name, ModelState.LOADING)

@@ -18,6 +18,7 @@ Served tensors: ``z`` [B, z_dim] and ``class_label`` [B, 1] in; ``image`` [B, C,
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -181,7 +182,7 @@ class SaganGenerator(nn.Module):
         self.linear = spectral_norm(nn.Linear(config.z_dim, chans[0] * config.bottom_width**2))
         self.blocks = nn.ModuleList(
             UpBlock(cin, cout, config.num_classes, config.bn_eps)
-            for cin, cout in zip(chans[:-1], chans[1:])
+            for cin, cout in itertools.pairwise(chans)
         )
         self.attention_after = config.resolutions[1:].index(config.attention_resolution)
         self.attention = SelfAttention(config.attention_channels)
@@ -192,9 +193,7 @@ class SaganGenerator(nn.Module):
     def output_names(self) -> list[str]:
         return ["image", "attention"] if self.config.export_attention else ["image"]
 
-    def forward(
-        self, z: torch.Tensor, class_label: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
+    def forward(self, z: torch.Tensor, class_label: torch.Tensor) -> tuple[torch.Tensor, ...]:
         label = class_label.reshape(-1)  # [B, 1] -> [B]
         side = self.config.bottom_width
         h = self.linear(z).reshape(z.shape[0], -1, side, side)  # [B, C0, 4, 4]

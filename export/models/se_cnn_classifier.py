@@ -18,6 +18,7 @@ channel attention weights, concatenated in stage order) out.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +50,10 @@ class SeCnnConfig:
             raise ValueError('attention must be "se" or "cbam"')
         if self.in_channels not in (1, 3):
             raise ValueError("in_channels must be 1 (grayscale) or 3 (RGB)")
-        if len(self.normalize_mean) != self.in_channels or len(self.normalize_std) != self.in_channels:
+        if (
+            len(self.normalize_mean) != self.in_channels
+            or len(self.normalize_std) != self.in_channels
+        ):
             raise ValueError("normalize_mean/std need one value per input channel")
         if not self.stage_channels or min(self.stage_channels) < 1:
             raise ValueError("stage_channels must be non-empty and positive")
@@ -107,7 +111,9 @@ class Cbam(nn.Module):
 
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels))
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels)
+        )
         self.spatial = nn.Conv2d(2, 1, 7, padding=3)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +133,9 @@ class Stage(nn.Module):
             *(ConvBNReLU(cin if i == 0 else cout, cout) for i in range(config.convs_per_stage))
         )
         hidden = max(cout // config.reduction, config.min_hidden)
-        self.attend = SqueezeExcite(cout, hidden) if config.attention == "se" else Cbam(cout, hidden)
+        self.attend = (
+            SqueezeExcite(cout, hidden) if config.attention == "se" else Cbam(cout, hidden)
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.attend(self.convs(x))
@@ -141,14 +149,14 @@ class SeCnnClassifier(nn.Module):
         self.config = config
         widths = [config.in_channels, *config.stage_channels]
         self.stages = nn.ModuleList(
-            Stage(cin, cout, config) for cin, cout in zip(widths[:-1], widths[1:])
+            Stage(cin, cout, config) for cin, cout in itertools.pairwise(widths)
         )
         self.head = nn.Linear(config.stage_channels[-1], config.num_classes)
 
     @property
     def output_names(self) -> list[str]:
         names = ["logits", "probabilities"]
-        return names + ["channel_weights"] if self.config.export_channel_weights else names
+        return [*names, "channel_weights"] if self.config.export_channel_weights else names
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = image

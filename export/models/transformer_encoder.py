@@ -96,7 +96,9 @@ class EncoderLayer(nn.Module):
         self.attn = MultiHeadSelfAttention(config.d_model, config.num_heads)
         self.norm2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.ffn = nn.Sequential(
-            nn.Linear(config.d_model, config.ffn_dim), nn.GELU(), nn.Linear(config.ffn_dim, config.d_model)
+            nn.Linear(config.d_model, config.ffn_dim),
+            nn.GELU(),
+            nn.Linear(config.ffn_dim, config.d_model),
         )
 
     def forward(
@@ -122,7 +124,7 @@ class TransformerEncoder(nn.Module):
     @property
     def output_names(self) -> list[str]:
         names = ["embedding", "logits"]
-        return names + ["attention"] if self.config.export_attention else names
+        return [*names, "attention"] if self.config.export_attention else names
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor

@@ -40,7 +40,8 @@ def _pad_and_stack(arrays: Sequence[np.ndarray], value: float) -> np.ndarray:
     batch = np.full((rows, *dims), value, dtype=arrays[0].dtype)
     start = 0
     for array in arrays:
-        region = (slice(start, start + array.shape[0]), *(slice(0, size) for size in array.shape[1:]))
+        rows_of_it = slice(start, start + array.shape[0])
+        region = (rows_of_it, *(slice(0, size) for size in array.shape[1:]))
         batch[region] = array
         start += array.shape[0]
     return batch
@@ -82,10 +83,13 @@ def split_outputs(
     return results
 
 
-def _cut_back(part: np.ndarray, axes: tuple[int, ...], length: int, name: str, model: str) -> np.ndarray:
+def _cut_back(
+    part: np.ndarray, axes: tuple[int, ...], length: int, name: str, model: str
+) -> np.ndarray:
     if max(axes) >= part.ndim:
         raise InternalError(
-            f"model '{model}' output '{name}' has {part.ndim} dims, cannot cut back axes {list(axes)}"
+            f"model '{model}' output '{name}' has {part.ndim} dims, "
+            f"cannot cut back axes {list(axes)}"
         )
     if all(part.shape[axis] <= length for axis in axes):
         return part  # this request set the padded length; nothing to remove

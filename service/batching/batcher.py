@@ -136,7 +136,9 @@ class DynamicBatcher:
         if not priority:  # None or 0 = "use the default", as in Triton's request priority
             priority = self.policy.default_priority
         if not 1 <= priority <= levels:
-            raise InvalidInput(f"priority {priority} is outside 1..{levels} for model '{self.name}'")
+            raise InvalidInput(
+                f"priority {priority} is outside 1..{levels} for model '{self.name}'"
+            )
         return priority - 1
 
     def _effective_deadline(
@@ -147,8 +149,9 @@ class DynamicBatcher:
         timeout = self.policy.default_timeout_s
         if timeout_s and self.policy.allow_timeout_override:  # 0 = not set, as in Triton
             timeout = timeout_s
-        limits = [limit for limit in (deadline, now + timeout if timeout else None) if limit is not None]
-        return min(limits, default=None)
+        if timeout:
+            deadline = now + timeout if deadline is None else min(deadline, now + timeout)
+        return deadline
 
     # ---- shutdown ----------------------------------------------------------------------------
 

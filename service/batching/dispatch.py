@@ -48,7 +48,8 @@ def next_batch(
     if totals[-1] == limit:
         return chosen, None
 
-    preferred = [count for count, total in enumerate(totals, 1) if total in policy.preferred_batch_sizes]
+    preferred_sizes = policy.preferred_batch_sizes
+    preferred = [count for count, total in enumerate(totals, 1) if total in preferred_sizes]
     if preferred:
         return chosen[: preferred[-1]], None
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 
 @dataclass(frozen=True)
@@ -45,18 +44,14 @@ class BatchingPolicy:
     max_concurrent_batches: int = 1
 
     def __post_init__(self) -> None:
-        # Frozen dataclass: normalise through object.__setattr__ so callers cannot mutate the
-        # mappings after the batcher has read them.
-        object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(self.preferred_batch_sizes))))
-        object.__setattr__(self, "pad_values", MappingProxyType(dict(self.pad_values)))
-        object.__setattr__(
-            self, "pad_axes", MappingProxyType({k: tuple(v) for k, v in self.pad_axes.items()})
-        )
-        object.__setattr__(
-            self,
-            "variable_output_axes",
-            MappingProxyType({k: tuple(v) for k, v in self.variable_output_axes.items()}),
-        )
+        # Frozen dataclass: normalise through object.__setattr__. The mappings are copied so
+        # a caller reusing its dict cannot change a policy the batcher has already read.
+        sizes = tuple(sorted(set(self.preferred_batch_sizes)))
+        object.__setattr__(self, "preferred_batch_sizes", sizes)
+        object.__setattr__(self, "pad_values", dict(self.pad_values))
+        object.__setattr__(self, "pad_axes", {k: tuple(v) for k, v in self.pad_axes.items()})
+        axes = {k: tuple(v) for k, v in self.variable_output_axes.items()}
+        object.__setattr__(self, "variable_output_axes", axes)
         if self.default_timeout_s == 0:
             object.__setattr__(self, "default_timeout_s", None)
         self._validate()
@@ -77,7 +72,8 @@ class BatchingPolicy:
         for size in self.preferred_batch_sizes:
             if size < 1 or (self.batched and size > self.max_batch_size):
                 raise ValueError(
-                    f"preferred batch size {size} must be in 1..max_batch_size ({self.max_batch_size})"
+                    f"preferred batch size {size} must be in 1..{self.max_batch_size} "
+                    "(max_batch_size)"
                 )
         if self.max_queue_delay_s < 0:
             raise ValueError(f"max_queue_delay_s must be >= 0, got {self.max_queue_delay_s}")
@@ -89,7 +85,8 @@ class BatchingPolicy:
             raise ValueError(f"priority_levels must be >= 0, got {self.priority_levels}")
         if self.priority_levels and not 1 <= self.default_priority <= self.priority_levels:
             raise ValueError(
-                f"default_priority must be in 1..{self.priority_levels}, got {self.default_priority}"
+                f"default_priority must be in 1..{self.priority_levels}, "
+                f"got {self.default_priority}"
             )
         if self.max_concurrent_batches < 1:
             raise ValueError(
@@ -98,7 +95,8 @@ class BatchingPolicy:
         for name in self.pad_axes:
             if name not in self.pad_values:
                 raise ValueError(f"pad_axes names '{name}', which has no pad value")
-        for what, table in (("pad_axes", self.pad_axes), ("variable_output_axes", self.variable_output_axes)):
+        tables = {"pad_axes": self.pad_axes, "variable_output_axes": self.variable_output_axes}
+        for what, table in tables.items():
             for name, axes in table.items():
                 if not axes or any(axis < 1 for axis in axes):
                     raise ValueError(f"{what}['{name}'] must list axes >= 1, got {axes}")

@@ -62,7 +62,8 @@ def describe(
             axes = policy.pad_axes.get(name, tuple(range(1, array.ndim)))
             if any(axis >= array.ndim for axis in axes):
                 raise InvalidInput(
-                    f"input '{name}' has shape {list(array.shape)}, too few dims to pad axes {list(axes)}"
+                    f"input '{name}' has shape {list(array.shape)}, "
+                    f"too few dims to pad axes {list(axes)}"
                 )
             # Padded axes drop out of the group: any size there can share a batch.
             dims = tuple(

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("torch")  # build-time tests: skipped in a serving-only environment
 
-from export.cli import main  # noqa: E402
-from export.specs import SPECS  # noqa: E402
+from export.cli import main
+from export.specs import SPECS
 
 
 @pytest.fixture(scope="session")

@@ -61,7 +61,9 @@ def test_sagan_benchmark_shapes_are_consistent() -> None:
     assert config.attention_shape == (4096, 1024)
 
 
-@pytest.mark.parametrize("bad", [{"image_size": 48}, {"attention_resolution": 4}, {"channel_multipliers": (4, 2)}])
+@pytest.mark.parametrize(
+    "bad", [{"image_size": 48}, {"attention_resolution": 4}, {"channel_multipliers": (4, 2)}]
+)
 def test_sagan_config_rejects_inconsistent_shapes(bad: dict) -> None:
     with pytest.raises(ValueError):
         dataclasses.replace(SaganConfig(), **bad)
@@ -91,9 +93,13 @@ def test_prepare_folds_batch_norm_and_bakes_spectral_norm() -> None:
         config = spec.variants["default"]
         model = seeded_model(spec, config)
         prepared = prepare_for_inference(model)
-        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in prepared.modules())
+        assert not any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in prepared.modules()
+        )
         assert not any(hasattr(m, "parametrizations") for m in prepared.modules())
-        assert any(hasattr(m, "parametrizations") for m in model.modules()) == (name == "sagan_generator")
+        assert any(hasattr(m, "parametrizations") for m in model.modules()) == (
+            name == "sagan_generator"
+        )
         sample = spec.sample(config, 4, torch.Generator().manual_seed(0))
         with torch.no_grad():
             for want, got in zip(model(*sample.values()), prepared(*sample.values())):

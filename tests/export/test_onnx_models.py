@@ -9,7 +9,8 @@ import onnx
 import pytest
 import torch
 
-from export.onnx_export import ParityError, open_session
+from export.errors import ParityError
+from export.onnx_export import open_session
 from export.pipeline import export_model, load_weights, parity_batches, run_parity
 from export.specs import SPECS
 from export.weights import seeded_model
@@ -25,14 +26,18 @@ def test_repository_layout(exported_repo: Path) -> None:
     for name in SPECS:
         assert (exported_repo / name / "config.pbtxt").is_file()
         assert (exported_repo / name / "1" / "model.onnx").is_file()
-        assert [p.name for p in (exported_repo / name / "1").iterdir()] == ["model.onnx"]  # self-contained
+        assert [p.name for p in (exported_repo / name / "1").iterdir()] == [
+            "model.onnx"
+        ]  # self-contained
     assert (exported_repo / "transformer_encoder" / "tokenizer.json").is_file()
     labels = (exported_repo / "se_cnn_classifier" / "labels.txt").read_text().split()
     assert labels == [str(i) for i in range(10)]
 
 
 @pytest.mark.parametrize("name", list(SPECS))
-def test_parity_of_written_model_against_fresh_pytorch_model(name: str, onnx_paths: dict[str, Path]) -> None:
+def test_parity_of_written_model_against_fresh_pytorch_model(
+    name: str, onnx_paths: dict[str, Path]
+) -> None:
     spec = SPECS[name]
     config = spec.variants["default"]
     rows = run_parity(spec, config, seeded_model(spec, config), onnx_paths[name], max_batch_size=8)
@@ -112,7 +117,9 @@ def test_encoder_all_padding_row_is_finite(onnx_paths: dict[str, Path]) -> None:
     inputs["input_ids"][1] = 0
     inputs["attention_mask"][1] = 0  # nothing real at all, not even BOS/EOS
     embedding, logits, attention = session.run(None, inputs)
-    assert np.isfinite(embedding).all() and np.isfinite(logits).all() and np.isfinite(attention).all()
+    assert (
+        np.isfinite(embedding).all() and np.isfinite(logits).all() and np.isfinite(attention).all()
+    )
     np.testing.assert_array_equal(embedding[1], 0.0)
 
 
@@ -168,7 +175,7 @@ def test_export_fails_and_writes_nothing_when_parity_fails(
     def bad_prepare(model: torch.nn.Module) -> torch.nn.Module:
         prepared = real_prepare(model)
         with torch.no_grad():
-            prepared.stages[0].convs[0].conv.bias.mul_(1.01)  # a 1% error in a folded bias
+            prepared.stages[0].convs[0].conv.weight.mul_(1.01)  # a 1% error in a folded scale
         return prepared
 
     monkeypatch.setattr(onnx_export, "prepare_for_inference", bad_prepare)

@@ -132,3 +132,9 @@ def test_warmup_inputs_have_the_sample_shape_and_stay_in_range(tmp_path):
     assert inputs["input_ids"].shape == (2, 16) and inputs["input_ids"].dtype == np.int64
     assert set(np.unique(inputs["input_ids"])) <= {0, 1}
     assert not inputs["attention_mask"].any()
+
+
+def test_inconsistent_priority_settings_are_load_errors(tmp_path):
+    text = ENCODER.replace("default_priority_level: 2", "default_priority_level: 5")
+    with pytest.raises(ModelLoadError, match="model 'enc'"):
+        to_spec(read_config(write(tmp_path, text)))
