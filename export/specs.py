@@ -33,6 +33,10 @@ LABELS_FILE = "labels.txt"
 TOKENIZER_FILE = "tokenizer.json"
 
 
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _labels_text(labels: tuple[str, ...] | None, num_classes: int) -> str:
     return "\n".join(labels or tuple(str(i) for i in range(num_classes))) + "\n"
 
@@ -152,7 +156,8 @@ class SaganSpec(ModelSpec):
         return {LABELS_FILE: _labels_text(config.labels, config.num_classes)}
 
     def parameters(self, config: sagan.SaganConfig) -> dict[str, str]:
-        return {"attnserve.labels": LABELS_FILE}
+        limits = {"class_label": {"min": 0, "max": config.num_classes - 1}}
+        return {"attnserve.labels": LABELS_FILE, "attnserve.input_limits": _json(limits)}
 
 
 class SeCnnSpec(ModelSpec):
@@ -273,9 +278,16 @@ class EncoderSpec(ModelSpec):
         return files
 
     def parameters(self, config: encoder.EncoderConfig) -> dict[str, str]:
+        # Out-of-vocabulary ids and sequences past the position table would fail inside
+        # ONNX Runtime; declaring the limits lets the server refuse them with a clear message.
+        limits = {
+            "input_ids": {"min": 0, "max": config.vocab_size - 1, "max_dims": [config.max_length]},
+            "attention_mask": {"min": 0, "max": 1, "max_dims": [config.max_length]},
+        }
         params = {
             "attnserve.pad_inputs": "input_ids:0,attention_mask:0",
             "attnserve.tokenizer": TOKENIZER_FILE,
+            "attnserve.input_limits": _json(limits),
         }
         if config.labels is not None:
             params["attnserve.labels"] = LABELS_FILE

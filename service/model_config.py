@@ -8,7 +8,7 @@ plain frozen dataclasses; no layer below this one touches protobuf.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -24,6 +24,7 @@ CONFIG_FILE = "config.pbtxt"
 ONNX_PLATFORMS = ("onnxruntime_onnx",)
 ONNX_BACKENDS = ("onnxruntime",)
 PAD_INPUTS_PARAM = "attnserve.pad_inputs"
+LIMITS_PARAM = "attnserve.input_limits"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class TensorSpec:
     name: str
     datatype: str  # v2 name, e.g. "FP32"
     dims: tuple[int, ...]
+    # From the attnserve.input_limits parameter: what the graph can take without failing inside
+    # ONNX Runtime (ids within the vocabulary, sequences within the position table).
+    min_value: float | None = None
+    max_value: float | None = None
+    max_dims: tuple[int, ...] | None = None
 
     @property
     def dtype(self) -> np.dtype:
@@ -107,9 +113,9 @@ def to_spec(config: mc.ModelConfig) -> ModelSpec:
         raise ModelLoadError(f"{where}: max_batch_size must be >= 0")
     if not config.input or not config.output:
         raise ModelLoadError(f"{where}: config must list its inputs and outputs")
-    inputs = tuple(_tensor(t, where) for t in config.input)
-    outputs = tuple(_tensor(t, where) for t in config.output)
     parameters = {k: v.string_value for k, v in config.parameters.items()}
+    inputs = _with_limits(tuple(_tensor(t, where) for t in config.input), parameters, where)
+    outputs = tuple(_tensor(t, where) for t in config.output)
     instances = sum(max(g.count, 1) for g in config.instance_group) or 1
     return ModelSpec(
         name=config.name,
@@ -131,6 +137,30 @@ def _tensor(t: mc.ModelInput | mc.ModelOutput, where: str) -> TensorSpec:
     if any(d == 0 or d < -1 for d in t.dims):
         raise ModelLoadError(f"{where}: tensor {t.name!r} dims {list(t.dims)} (use -1 for variable)")
     return TensorSpec(name=t.name, datatype=datatype, dims=tuple(int(d) for d in t.dims))
+
+
+def _with_limits(inputs: tuple[TensorSpec, ...], parameters: Mapping[str, str], where: str) -> tuple[TensorSpec, ...]:
+    """Apply ``attnserve.input_limits``: {"input": {"min": .., "max": .., "max_dims": [..]}}."""
+    raw = parameters.get(LIMITS_PARAM)
+    if not raw:
+        return inputs
+    try:
+        limits = json.loads(raw)
+        assert isinstance(limits, dict)
+    except (ValueError, AssertionError) as exc:
+        raise ModelLoadError(f"{where}: {LIMITS_PARAM} is not a JSON object") from exc
+    names = {t.name for t in inputs}
+    unknown = sorted(set(limits) - names)
+    if unknown:
+        raise ModelLoadError(f"{where}: {LIMITS_PARAM} names unknown inputs {unknown}")
+    out = []
+    for t in inputs:
+        lim = limits.get(t.name, {})
+        max_dims = tuple(int(d) for d in lim["max_dims"]) if "max_dims" in lim else None
+        if max_dims is not None and len(max_dims) != len(t.dims):
+            raise ModelLoadError(f"{where}: {LIMITS_PARAM} max_dims of {t.name!r} must have {len(t.dims)} entries")
+        out.append(replace(t, min_value=lim.get("min"), max_value=lim.get("max"), max_dims=max_dims))
+    return tuple(out)
 
 
 def _policy(

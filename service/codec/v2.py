@@ -45,7 +45,7 @@ def decode_request(request: pb.ModelInferRequest, spec: ModelSpec, max_tensor_by
         if tensor.name in inputs:
             raise InvalidInput(f"input {tensor.name!r} is given more than once")
         raw = request.raw_input_contents[i] if request.raw_input_contents else None
-        inputs[tensor.name] = _decode_tensor(tensor, raw, expected, spec, max_tensor_bytes)
+        inputs[tensor.name] = _check_limits(_decode_tensor(tensor, raw, expected, spec, max_tensor_bytes), expected, spec)
     missing = [t.name for t in spec.inputs if t.name not in inputs]
     if missing:
         raise InvalidInput(f"missing inputs {missing} for model {spec.name!r}")
@@ -112,6 +112,24 @@ def _check_shape(name: str, shape: tuple[int, ...], expected: TensorSpec, spec: 
             raise InvalidInput(
                 f"input {name!r} has batch size {shape[0]}, above max_batch_size {spec.max_batch_size}"
             )
+
+
+def _check_limits(array: np.ndarray, expected: TensorSpec, spec: ModelSpec) -> np.ndarray:
+    """Refuse what the graph cannot take (declared by the model's attnserve.input_limits)."""
+    name = expected.name
+    if expected.max_dims is not None:
+        dims = array.shape[1:] if spec.max_batch_size > 0 else array.shape
+        for have, most in zip(dims, expected.max_dims):
+            if have > most:
+                raise InvalidInput(f"input {name!r} has shape {list(array.shape)}; dims after the batch are at most {list(expected.max_dims)}")
+    if array.size and (expected.min_value is not None or expected.max_value is not None):
+        low, high = array.min(), array.max()
+        if expected.min_value is not None and low < expected.min_value or expected.max_value is not None and high > expected.max_value:
+            raise InvalidInput(
+                f"input {name!r} has values in [{low}, {high}]; allowed range is "
+                f"[{expected.min_value}, {expected.max_value}]"
+            )
+    return array
 
 
 def _check_batch_agrees(inputs: Mapping[str, np.ndarray], spec: ModelSpec) -> None:

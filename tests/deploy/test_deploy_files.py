@@ -301,6 +301,9 @@ def test_compose_wires_prometheus_and_grafana_to_the_deploy_files(compose_gpu):
     assert gtargets["/etc/grafana/provisioning"] == str(DEPLOY / "grafana" / "provisioning")
     provider = yaml.safe_load(DASHBOARD_PROVIDERS.read_text())["providers"][0]
     assert gtargets[provider["options"]["path"]] == str(DEPLOY / "grafana" / "dashboards")
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    folder, _, filename = home.rpartition("/")
+    assert folder == provider["options"]["path"] and (DEPLOY / "grafana" / "dashboards" / filename).exists()
     assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 

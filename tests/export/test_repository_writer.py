@@ -144,11 +144,18 @@ def test_exported_configs_match_the_contract(exported_repo: Path) -> None:
         ("attention", [4, -1, -1]),
     ]
     params = {k: v.string_value for k, v in encoder.parameters.items()}
+    limits = json.loads(params.pop("attnserve.input_limits"))
     assert params == {
         "attnserve.pad_inputs": "input_ids:0,attention_mask:0",
         "attnserve.labels": "labels.txt",
         "attnserve.tokenizer": "tokenizer.json",
     }
+    assert limits == {
+        "input_ids": {"min": 0, "max": 259, "max_dims": [128]},
+        "attention_mask": {"min": 0, "max": 1, "max_dims": [128]},
+    }
+    sagan_limits = json.loads(sagan.parameters["attnserve.input_limits"].string_value)
+    assert sagan_limits == {"class_label": {"min": 0, "max": 9}}
     tokenizer = json.loads((exported_repo / "transformer_encoder" / "tokenizer.json").read_text())
     assert (tokenizer["pad_id"], tokenizer["bos_id"], tokenizer["eos_id"], tokenizer["unk_id"]) == (
         0,

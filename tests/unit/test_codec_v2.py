@@ -106,3 +106,23 @@ def test_encode_puts_outputs_in_raw_contents_with_the_request_id():
     assert [o.name for o in resp.outputs] == ["probabilities"]
     assert list(resp.outputs[0].shape) == [2, 3] and resp.outputs[0].datatype == "FP32"
     np.testing.assert_array_equal(np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(2, 3), outputs["probabilities"])
+
+
+def test_declared_input_limits_refuse_out_of_range_values_and_long_dims():
+    from dataclasses import replace
+
+    ids = TensorSpec("ids", "INT64", (-1,), min_value=0, max_value=259, max_dims=(8,))
+    spec = replace(SPEC, inputs=(ids,))
+
+    def req(values):
+        arr = np.asarray([values], dtype=np.int64)
+        r = pb.ModelInferRequest(model_name="m")
+        r.inputs.add(name="ids", datatype="INT64", shape=arr.shape)
+        r.raw_input_contents.append(arr.tobytes())
+        return r
+
+    assert decode_request(req([0, 259, 7]), spec, LIMIT).inputs["ids"].shape == (1, 3)
+    with pytest.raises(InvalidInput, match=r"'ids' has values in \[0, 260\]"):
+        decode_request(req([0, 260]), spec, LIMIT)
+    with pytest.raises(InvalidInput, match="at most \\[8\\]"):
+        decode_request(req(list(range(9))), spec, LIMIT)

@@ -138,3 +138,18 @@ def test_inconsistent_priority_settings_are_load_errors(tmp_path):
     text = ENCODER.replace("default_priority_level: 2", "default_priority_level: 5")
     with pytest.raises(ModelLoadError, match="model 'enc'"):
         to_spec(read_config(write(tmp_path, text)))
+
+
+def test_input_limits_parameter_reaches_the_tensor_specs(tmp_path):
+    limits = '{\\"input_ids\\":{\\"min\\":0,\\"max\\":259,\\"max_dims\\":[128]}}'
+    text = ENCODER + f'parameters {{ key: "attnserve.input_limits" value {{ string_value: "{limits}" }} }}\n'
+    spec = to_spec(read_config(write(tmp_path, text)))
+    ids = spec.input("input_ids")
+    assert (ids.min_value, ids.max_value, ids.max_dims) == (0, 259, (128,))
+    assert spec.input("attention_mask").max_dims is None
+
+
+def test_input_limits_for_unknown_inputs_are_load_errors(tmp_path):
+    text = ENCODER + 'parameters { key: "attnserve.input_limits" value { string_value: "{\\"nope\\":{}}" } }\n'
+    with pytest.raises(ModelLoadError, match="unknown inputs"):
+        to_spec(read_config(write(tmp_path, text)))

@@ -1,0 +1,231 @@
+"""attnserve API messages <-> model tensors for Classify and Encode (Generate: codec.latent).
+
+No I/O and no model state: each RPC has a ``plan_*`` function that checks a request against
+the model's spec and side files (:class:`ModelAssets`, read by the transport) and says what to
+run, and a ``*_response`` function that turns the model's outputs into the reply. Messages say
+which item of the request is wrong (``images[2]``, ``sequences[0]``) because that is what a
+client needs to fix the call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from service.codec.images import ImageLimits, Preprocess
+from service.codec.tokens import ByteTokenizer, SequenceLimits, check_ids
+from service.errors import InvalidInput, ModelLoadError
+from service.model_config import ModelSpec
+from service.proto.attnserve.v1 import attnserve_pb2 as pb
+
+DEFAULT_CLASSIFIER = "se_cnn_classifier"
+DEFAULT_GENERATOR = "sagan_generator"
+DEFAULT_ENCODER = "transformer_encoder"
+DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    images: ImageLimits
+    max_items: int  # images per Classify, sequences per Encode, count per Generate
+    max_tokens: int  # longest sequence when the model declares no maximum of its own
+
+
+@dataclass(frozen=True)
+class ModelAssets:
+    """A model's side files and attnserve parameters, parsed (None: the model has none)."""
+
+    labels: tuple[str, ...] | None = None
+    preprocess: Preprocess | None = None
+    tokenizer: ByteTokenizer | None = None
+    channel_stages: tuple[int, ...] | None = None
+
+    def label(self, index: int) -> str:
+        if self.labels is not None and 0 <= index < len(self.labels):
+            return self.labels[index]
+        return str(index)
+
+
+# -- shared ----------------------------------------------------------------------------------
+def check_count(count: int, limits: ApiLimits, what: str) -> None:
+    if count == 0:
+        raise InvalidInput(f"no {what}: send at least one")
+    if count > limits.max_items:
+        raise InvalidInput(f"{count} {what} in one request, above the limit of {limits.max_items}")
+
+
+def effective_top_k(requested: int, classes: int) -> int:
+    return min(requested or DEFAULT_TOP_K, classes)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted.astype(np.float64))
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def top_labels(probabilities: np.ndarray, k: int, assets: ModelAssets) -> list[pb.Label]:
+    """The k most probable classes of one row, most probable first (ties: lower index first)."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [pb.Label(index=int(i), label=assets.label(int(i)), probability=float(probabilities[i])) for i in order]
+
+
+def split_rows(arrays: Mapping[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:
+    """Cut a request of N rows into requests of at most ``size`` rows (max_batch_size)."""
+    rows = len(next(iter(arrays.values())))
+    return [{name: a[start:start + size] for name, a in arrays.items()} for start in range(0, rows, size)]
+
+
+def join_rows(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return dict(parts[0])
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _output_dims(spec: ModelSpec, name: str) -> tuple[int, ...] | None:
+    tensor = spec.output(name)
+    return None if tensor is None else tensor.dims
+
+
+# -- Classify --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClassifyPlan:
+    input: str
+    preprocess: Preprocess
+    top_k: int
+    channel_weights: bool
+
+
+def plan_classify(request: pb.ClassifyRequest, spec: ModelSpec, assets: ModelAssets, limits: ApiLimits) -> ClassifyPlan:
+    pre = assets.preprocess
+    if pre is None:
+        raise InvalidInput(f"model {spec.name!r} does not take images (its config has no attnserve.preprocess)")
+    if len(spec.inputs) != 1:
+        raise InvalidInput(f"model {spec.name!r} has {len(spec.inputs)} inputs; Classify needs a one-input image model")
+    image = spec.inputs[0]
+    want = (pre.channels, pre.height, pre.width)
+    if image.dims != want or image.datatype != "FP32":
+        raise ModelLoadError(
+            f"model {spec.name!r}: attnserve.preprocess makes FP32 {list(want)} but input {image.name!r} "
+            f"is {image.datatype} {list(image.dims)}; fix its config.pbtxt"
+        )
+    scores = _output_dims(spec, "probabilities") or _output_dims(spec, "logits")
+    if scores is None or len(scores) != 1:
+        raise InvalidInput(f"model {spec.name!r} has no 'probabilities' or 'logits' output to classify with")
+    if request.channel_weights and spec.output("channel_weights") is None:
+        raise InvalidInput(f"model {spec.name!r} has no channel_weights output")
+    check_count(len(request.images), limits, "images")
+    return ClassifyPlan(image.name, pre, effective_top_k(request.top_k, scores[0]), request.channel_weights)
+
+
+def classify_response(
+    request: pb.ClassifyRequest, model: str, version: str, outputs: Mapping[str, np.ndarray],
+    plan: ClassifyPlan, assets: ModelAssets,
+) -> pb.ClassifyResponse:
+    probabilities = outputs["probabilities"] if "probabilities" in outputs else softmax(outputs["logits"])
+    response = pb.ClassifyResponse(model=model, version=version, id=request.id)
+    stages = assets.channel_stages or ()
+    for row, probs in enumerate(probabilities):
+        result = response.results.add(labels=top_labels(probs, plan.top_k, assets))
+        if plan.channel_weights:
+            weights = outputs["channel_weights"][row]
+            result.channel_weights.weights.extend(weights.tolist())
+            if sum(stages) == weights.size:
+                result.channel_weights.stage_sizes.extend(stages)
+    return response
+
+
+# -- Encode ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncodePlan:
+    limits: SequenceLimits
+    top_k: int
+    attention: bool
+    tokenizer: ByteTokenizer | None
+
+
+@dataclass(frozen=True)
+class Tokens:
+    ids: np.ndarray  # int64 [T]
+    truncated: bool
+
+
+ENCODER_INPUTS = ("input_ids", "attention_mask")
+
+
+def plan_encode(request: pb.EncodeRequest, spec: ModelSpec, assets: ModelAssets, limits: ApiLimits) -> EncodePlan:
+    if tuple(t.name for t in spec.inputs) != ENCODER_INPUTS or any(spec.input(n).dims != (-1,) for n in ENCODER_INPUTS):
+        raise InvalidInput(f"model {spec.name!r} is not a sequence encoder (inputs input_ids, attention_mask [-1])")
+    logits = _output_dims(spec, "logits")
+    if spec.output("embedding") is None or logits is None:
+        raise InvalidInput(f"model {spec.name!r} has no embedding and logits outputs")
+    if request.attention and spec.output("attention") is None:
+        raise InvalidInput(f"model {spec.name!r} has no attention output")
+    check_count(len(request.sequences), limits, "sequences")
+    return EncodePlan(_sequence_limits(spec, assets, limits), effective_top_k(request.top_k, logits[0]),
+                      request.attention, assets.tokenizer)
+
+
+def _sequence_limits(spec: ModelSpec, assets: ModelAssets, limits: ApiLimits) -> SequenceLimits:
+    """The longest sequence and the vocabulary, from every place the model declares them."""
+    ids = spec.input("input_ids")
+    lengths = [limits.max_tokens]
+    vocab = []
+    if assets.tokenizer is not None:
+        lengths.append(assets.tokenizer.max_length)
+        vocab.append(assets.tokenizer.vocab_size)
+    # attnserve.input_limits (service/model_config.py), when the config carries it.
+    if getattr(ids, "max_dims", None):
+        lengths.append(int(ids.max_dims[0]))  # type: ignore[union-attr]
+    if getattr(ids, "max_value", None) is not None:
+        vocab.append(int(ids.max_value) + 1)  # type: ignore[union-attr]
+    return SequenceLimits(min(lengths), min(vocab) if vocab else None)
+
+
+def tokens_of(request: pb.EncodeRequest, plan: EncodePlan) -> list[Tokens]:
+    """Every sequence of the request as checked ids; InvalidInput names ``sequences[i]``."""
+    out = []
+    for index, sequence in enumerate(request.sequences):
+        where = f"sequences[{index}]"
+        kind = sequence.WhichOneof("input")
+        if kind == "text":
+            if plan.tokenizer is None:
+                raise InvalidInput(f"{where}: this model has no tokenizer; send token ids")
+            ids, truncated = plan.tokenizer.encode(sequence.text, plan.limits.max_length)
+            out.append(Tokens(check_ids(ids, plan.limits, where), truncated))
+        elif kind == "ids":
+            out.append(Tokens(check_ids(sequence.ids.ids, plan.limits, where), False))
+        else:
+            raise InvalidInput(f"{where}: set ids or text")
+    return out
+
+
+def encoder_inputs(tokens: Tokens) -> dict[str, np.ndarray]:
+    """One sequence as a one-row request; the batcher pads it among others and cuts it back."""
+    ids = tokens.ids[None, :]
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def encode_response(
+    request: pb.EncodeRequest, model: str, version: str, tokens: Sequence[Tokens],
+    outputs: Sequence[Mapping[str, np.ndarray]], plan: EncodePlan, assets: ModelAssets,
+) -> pb.EncodeResponse:
+    response = pb.EncodeResponse(model=model, version=version, id=request.id)
+    for item, out in zip(tokens, outputs, strict=True):
+        logits = out["logits"][0]
+        result = response.results.add(
+            ids=item.ids.tolist(),
+            truncated=item.truncated,
+            embedding=out["embedding"][0].tolist(),
+            logits=logits.tolist(),
+            labels=top_labels(softmax(logits), plan.top_k, assets),
+        )
+        if plan.tokenizer is not None:
+            result.tokens.extend(plan.tokenizer.token_text(int(t)) for t in item.ids)
+        if plan.attention:
+            weights = out["attention"][0]  # [heads, T, T], already cut to this sequence
+            result.attention.heads, result.attention.length = weights.shape[0], weights.shape[-1]
+            result.attention.weights.extend(weights.ravel().tolist())
+    return response
