@@ -7,6 +7,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+from service.errors import InvalidInput
 from service.repository import LoadedModel
 from service.transport.status import status_for
 
@@ -29,6 +30,8 @@ async def observed(model: LoadedModel, surface: str) -> AsyncIterator[None]:
         raise
     except Exception as exc:
         code = status_for(exc)[0].name
+        if isinstance(exc, InvalidInput):  # the batcher counts the other reasons itself
+            telemetry.rejected("invalid_input")
         raise
     finally:
         telemetry.inflight(-1)
