@@ -23,6 +23,7 @@ from service.model_config import ModelSpec
 from service.repository import ModelRepository
 from service.runtime import OrtRunner, default_intra_op_threads, resolve_provider
 from service.settings import Settings, check_repository
+from service.transport.api import AttnServeServicer, api_limits  # attnserve API (issue 4)
 from service.transport.inference import InferenceServicer
 from service.transport.server import build_server, set_health
 
@@ -68,10 +69,11 @@ class App:
         started = time.perf_counter()
         inference = InferenceServicer(
             self.dataplane,
-            max_tensor_bytes=self.settings.max_message_bytes,
+            max_tensor_bytes=self.settings.effective_max_tensor_bytes,
             on_repository_change=lambda _name: self.refresh_health(),
         )
-        self._server, self.grpc_port = build_server(self.settings, inference, self.health)
+        api = AttnServeServicer(self.dataplane, api_limits(self.settings))  # attnserve API (issue 4)
+        self._server, self.grpc_port = build_server(self.settings, inference, self.health, api)
         await self.refresh_health()  # NOT_SERVING until models are ready
         # Bind first so liveness probes answer while models load, then load and warm up.
         await self._server.start()

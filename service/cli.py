@@ -2,7 +2,8 @@
 
 ``serve`` runs the server; ``export`` builds a model repository (needs the export extra,
 so torch is imported only when that verb runs); ``health`` and ``models`` are small client
-checks for operators.
+checks for operators; ``classify``, ``generate``, ``encode`` and ``attention`` call the
+attnserve API (service/client/cli.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"attnserve export needs the export extra (pip install '.[export]'): {exc}", file=sys.stderr)
             return 2
         return export_main(rest)
+    if verb in ("classify", "generate", "encode", "attention"):  # attnserve API client (issue 4)
+        from service.client.cli import main as client_main
+
+        return client_main([verb, *rest])
     if verb in ("health", "models"):
         from service.healthcheck import main as check_main
 
@@ -60,5 +65,11 @@ commands:
   export   export the models to ONNX as a model repository (needs the export extra)
   health   ask a server whether it is live and ready
   models   list a server's models and their state
+
+client verbs (attnserve API; --url HOST:PORT, default 127.0.0.1:8001; --json for scripts):
+  classify   FILE...: top-k labels of PNG/JPEG images
+  generate   --class N --count K --seed S -o grid.png: images from a seeded latent
+  encode     "text" | --ids 1,2,3: labels, tokens and pooled embedding
+  attention  generate --pixel Y,X -o a.png | encode "text" -o a.png: attention heatmaps
 
 run 'attnserve COMMAND --help' for the options of each command."""

@@ -44,6 +44,21 @@ class Settings:
     # Empty: load every model in the repository at start.
     load_models: tuple[str, ...] = ()
     log_level: str = "INFO"
+    # -- attnserve API limits (issue 4): per item, checked before any decoding work ------------
+    api_max_image_bytes: int = 16 * MiB  # one encoded image
+    # Width x height as the file header declares it, checked before the pixels are decompressed.
+    api_max_image_pixels: int = 4096 * 4096
+    api_max_items: int = 256  # images per Classify, sequences per Encode, count per Generate
+    api_max_tokens: int = 8192  # longest sequence when the model declares no maximum of its own
+    # -- reliability and security (issue 8) --------------------------------------------------------
+    max_tensor_bytes: int = 0  # one decoded v2 input tensor; 0: same as max_message_bytes
+    max_concurrent_rpcs: int = 0  # more get RESOURCE_EXHAUSTED at once; 0: no limit
+    tls_cert: Path | None = None  # PEM chain; with tls_key the gRPC port speaks only TLS
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # PEM CA bundle; when set every client needs a certificate
+    auth_token_file: Path | None = None  # bearer token required on every RPC except health
+    # The same from the environment only (ATTNSERVE_AUTH_TOKEN): a flag would show it in ps.
+    auth_token: str = dataclasses.field(default="", repr=False)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -55,6 +70,10 @@ class Settings:
     @property
     def effective_metrics_host(self) -> str:
         return self.metrics_host or self.host
+
+    @property
+    def effective_max_tensor_bytes(self) -> int:
+        return self.max_tensor_bytes or self.max_message_bytes
 
     @classmethod
     def from_sources(
@@ -96,6 +115,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="load only these models at start (repeatable; default: all)",
     )
     p.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS)
+    # attnserve API limits (issue 4)
+    p.add_argument("--api-max-image-bytes", dest="api_max_image_bytes", metavar="N", help="encoded bytes per image")
+    p.add_argument("--api-max-image-pixels", dest="api_max_image_pixels", metavar="N", help="width x height per image")
+    p.add_argument("--api-max-items", dest="api_max_items", metavar="N", help="images, sequences or generated images per request")
+    p.add_argument("--api-max-tokens", dest="api_max_tokens", metavar="N", help="sequence length cap when a model declares none")
+    # reliability and security (issue 8)
+    p.add_argument("--max-tensor-bytes", dest="max_tensor_bytes", metavar="N", help="decoded bytes per input tensor (default: --max-message-bytes)")
+    p.add_argument("--max-concurrent-rpcs", dest="max_concurrent_rpcs", metavar="N", help="0: no limit")
+    p.add_argument("--tls-cert", dest="tls_cert", metavar="PEM", help="server certificate chain (enables TLS)")
+    p.add_argument("--tls-key", dest="tls_key", metavar="PEM", help="server private key")
+    p.add_argument("--tls-client-ca", dest="tls_client_ca", metavar="PEM", help="require client certificates signed by this CA")
+    p.add_argument("--auth-token-file", dest="auth_token_file", metavar="PATH", help="require 'authorization: Bearer <token>' (or ATTNSERVE_AUTH_TOKEN)")
     return p
 
 
@@ -110,7 +141,7 @@ def _field(name: str) -> dataclasses.Field:
 def _convert(f: dataclasses.Field, raw: Any, *, source: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
-        if kind == "Path":
+        if kind in ("Path", "Path | None"):
             return Path(raw)
         if kind == "int":
             return int(raw)
@@ -158,6 +189,18 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"device_id={s.device_id}: must be >= 0")
     if s.intra_op_threads < 0:
         raise SettingsError(f"intra_op_threads={s.intra_op_threads}: must be >= 0 (0 = auto)")
+    for name in ("api_max_image_bytes", "api_max_image_pixels", "api_max_items", "api_max_tokens"):
+        if getattr(s, name) < 1:
+            raise SettingsError(f"{name}={getattr(s, name)}: must be >= 1")
+    for name in ("max_tensor_bytes", "max_concurrent_rpcs"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"{name}={getattr(s, name)}: must be >= 0 (0 = default)")
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise SettingsError("tls_cert and tls_key go together: set both to enable TLS, or neither")
+    if s.tls_client_ca is not None and s.tls_cert is None:
+        raise SettingsError("tls_client_ca needs TLS: set tls_cert and tls_key too")
+    if s.auth_token_file is not None and s.auth_token:
+        raise SettingsError("set the bearer token once: auth_token_file or ATTNSERVE_AUTH_TOKEN, not both")
     if s.log_level.upper() not in LOG_LEVELS:
         raise SettingsError(f"log_level={s.log_level!r}: one of {', '.join(LOG_LEVELS)}")
 

@@ -171,16 +171,17 @@ def plan_encode(request: pb.EncodeRequest, spec: ModelSpec, assets: ModelAssets,
 def _sequence_limits(spec: ModelSpec, assets: ModelAssets, limits: ApiLimits) -> SequenceLimits:
     """The longest sequence and the vocabulary, from every place the model declares them."""
     ids = spec.input("input_ids")
+    assert ids is not None  # plan_encode checked the inputs
     lengths = [limits.max_tokens]
     vocab = []
     if assets.tokenizer is not None:
         lengths.append(assets.tokenizer.max_length)
         vocab.append(assets.tokenizer.vocab_size)
     # attnserve.input_limits (service/model_config.py), when the config carries it.
-    if getattr(ids, "max_dims", None):
-        lengths.append(int(ids.max_dims[0]))  # type: ignore[union-attr]
-    if getattr(ids, "max_value", None) is not None:
-        vocab.append(int(ids.max_value) + 1)  # type: ignore[union-attr]
+    if ids.max_dims:
+        lengths.append(int(ids.max_dims[0]))
+    if ids.max_value is not None:
+        vocab.append(int(ids.max_value) + 1)
     return SequenceLimits(min(lengths), min(vocab) if vocab else None)
 
 

@@ -106,7 +106,8 @@ def _classes(request: pb.GenerateRequest, count: int, spec: ModelSpec, assets: M
     if request.class_ids and request.class_labels:
         raise InvalidInput("give class_ids or class_labels, not both")
     counts = [len(assets.labels)] if assets.labels is not None else []
-    largest = getattr(spec.input("class_label"), "max_value", None)  # attnserve.input_limits, if any
+    label = spec.input("class_label")
+    largest = None if label is None else label.max_value  # from attnserve.input_limits, if any
     if largest is not None:
         counts.append(int(largest) + 1)
     known = min(counts) if counts else None

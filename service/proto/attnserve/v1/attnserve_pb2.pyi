@@ -209,20 +209,22 @@ class HeadAttention(_message.Message):
     def __init__(self, heads: _Optional[int] = ..., length: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Encoding(_message.Message):
-    __slots__ = ("ids", "truncated", "embedding", "logits", "labels", "attention")
+    __slots__ = ("ids", "truncated", "embedding", "logits", "labels", "attention", "tokens")
     IDS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[int]
     truncated: bool
     embedding: _containers.RepeatedScalarFieldContainer[float]
     logits: _containers.RepeatedScalarFieldContainer[float]
     labels: _containers.RepeatedCompositeFieldContainer[Label]
     attention: HeadAttention
-    def __init__(self, ids: _Optional[_Iterable[int]] = ..., truncated: _Optional[bool] = ..., embedding: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., attention: _Optional[_Union[HeadAttention, _Mapping]] = ...) -> None: ...
+    tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., truncated: _Optional[bool] = ..., embedding: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., attention: _Optional[_Union[HeadAttention, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("model", "version", "id", "results")
