@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import grpc
@@ -26,8 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--service", default="", help="health service name ('' = whole server, or a model name)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    # A server started with --tls-cert (and --tls-client-ca) needs these (issue 8).
+    parser.add_argument("--tls-ca", metavar="PEM", help="trust this CA (connects with TLS)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate, for mutual TLS")
+    parser.add_argument("--tls-key", metavar="PEM", help="client private key, for mutual TLS")
+    parser.add_argument("--tls-server-name", metavar="NAME", help="name to check the server certificate against")
     args = parser.parse_args(argv)
-    with grpc.insecure_channel(args.url) as channel:
+    with _channel(args) as channel:
         try:
             if verb == "health":
                 return _health(channel, args)
@@ -35,6 +41,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except grpc.RpcError as exc:
             print(f"{args.url}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    if not args.tls_ca:
+        return grpc.insecure_channel(args.url)
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    credentials = grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key), read(args.tls_cert))
+    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    return grpc.secure_channel(args.url, credentials, options=options)
 
 
 def _health(channel: grpc.Channel, args: argparse.Namespace) -> int:

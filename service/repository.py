@@ -99,8 +99,8 @@ class ModelRepository:
     def get(self, name: str, version: str = "") -> LoadedModel:
         entry = self._entries.get(name)
         if entry is None:
-            if not (self._root / name / "config.pbtxt").is_file():
-                raise ModelNotFound(f"unknown model {name!r}")
+            if not self._has_folder(name):
+                raise ModelNotFound(f"unknown model {_shorten(name)!r}")
             raise ModelNotReady(f"model {name!r} is not loaded")
         if entry.state is not ModelState.READY or not entry.versions:
             reason = f": {entry.reason}" if entry.reason else ""
@@ -156,7 +156,7 @@ class ModelRepository:
         # Checked before an entry (and a lock) exists, so a load of a name that is not in the
         # repository leaves no trace in the index, and a name is one folder of the repository.
         if name not in self._entries and name not in self.available_names():
-            raise ModelNotFound(f"unknown model {name!r}")
+            raise ModelNotFound(f"unknown model {_shorten(name)!r}")
         async with self._lock(name):
             previous = self._entries.get(name)
             entry = ModelEntry(name, ModelState.LOADING)
@@ -166,6 +166,7 @@ class ModelRepository:
             except AttnServeError as exc:
                 entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
                 log.error("model %s failed to load: %s", name, exc.message)
+                self._report_not_ready(name)
                 if previous and previous.versions:
                     await self._retire(previous)
                 raise
@@ -181,7 +182,7 @@ class ModelRepository:
             entry = self._entries.get(name)
             if entry is None:
                 if name not in self.available_names():
-                    raise ModelNotFound(f"unknown model {name!r}")
+                    raise ModelNotFound(f"unknown model {_shorten(name)!r}")
                 return
             entry.state = ModelState.UNLOADING
             await self._retire(entry)
@@ -196,6 +197,26 @@ class ModelRepository:
     # -- internals ------------------------------------------------------------------------
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
+
+    def _has_folder(self, name: str) -> bool:
+        """Whether ``name`` is a model folder of the repository. A client's name is never used
+        as a path unless it is one plain folder name: no separators, no '..', not too long."""
+        if not name or len(name.encode("utf-8", "replace")) > 255 or name in (".", ".."):
+            return False
+        if any(c in name for c in "/\\\0"):
+            return False
+        try:
+            return (self._root / name / "config.pbtxt").is_file()
+        except (OSError, ValueError):
+            return False
+
+    def _report_not_ready(self, name: str) -> None:
+        """A failed load reads attnserve_model_ready 0 for each version folder on disk, even when
+        config.pbtxt did not parse, so the alert on that gauge fires for it."""
+        directory = self._root / name
+        for path in directory.iterdir() if directory.is_dir() else ():
+            if path.is_dir() and path.name.isdigit():
+                self._telemetry_factory(name, str(int(path.name))).ready(False)
 
     async def _load_versions(self, name: str) -> dict[str, LoadedModel]:
         directory = self._root / name
@@ -243,6 +264,11 @@ class ModelRepository:
             loaded.telemetry.ready(False)
             await loaded.batcher.stop(self._drain_timeout_s)
             await asyncio.to_thread(loaded.runner.close)  # waits for runs still in flight
+
+
+def _shorten(name: str, limit: int = 80) -> str:
+    """A client's name as it may appear in an error message: bounded."""
+    return name if len(name) <= limit else name[:limit] + "..."
 
 
 def _select_versions(directory: Path, spec: ModelSpec, filename: str) -> dict[str, Path]:
