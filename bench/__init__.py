@@ -1,0 +1,7 @@
+"""attnserve benchmarks: one command builds the model repositories, measures the in-process
+ONNX Runtime ceiling, starts the server (and a peer), drives it with real clients and writes
+results (JSON, Markdown, PNG). See bench/README.md.
+
+Nothing is imported here: ``bench.peer.runtime`` is imported by MLServer in its own virtual
+environment, which has neither grpc stubs nor matplotlib.
+"""
