@@ -16,7 +16,17 @@ $(BIN)/attnserve: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/attnserve
+# perf_analyzer left the tritonclient wheel after 2.51 (later builds also need glibc >= 2.38),
+# so take the binary from the 2.51.0 wheel; it needs Debian's libb64-0d and libcudart.so.12
+# (nvidia-cuda-runtime-cu12, in the dev extra) at run time.
+$(BIN)/perf_analyzer: $(BIN)/attnserve
+	rm -rf $(VENV)/pa.tmp
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --platform manylinux1_x86_64 tritonclient==2.51.0 -d $(VENV)/pa.tmp
+	$(BIN)/python -c "import zipfile,glob,sys; z=zipfile.ZipFile(glob.glob(sys.argv[1]+'/*.whl')[0]); open(sys.argv[2],'wb').write(z.read('tritonclient-2.51.0.data/data/bin/perf_analyzer'))" $(VENV)/pa.tmp $@
+	chmod +x $@
+	rm -rf $(VENV)/pa.tmp
+
+setup: $(BIN)/attnserve $(BIN)/perf_analyzer
 
 $(REPO)/.exported: $(BIN)/attnserve $(wildcard export/*.py export/models/*.py export/weights/*)
 	$(BIN)/attnserve export --model-repository $(REPO)

@@ -3,8 +3,8 @@
 - ``model_repository`` (session): the three default models, exported once per session by the
   real exporter (``python -m export --model-repository DIR``), or the folder named by
   ``ATTNSERVE_TEST_REPOSITORY`` (exported into when it does not hold the three models yet, so
-  a developer can keep one between runs). Treat it as read-only: tests that change files use
-  ``make_repository``.
+  a developer can keep one between runs; delete it after changing export/, it is not
+  re-exported). Treat it as read-only: tests that change files use ``make_repository``.
 - ``make_repository`` (function): a copy of it, optionally with only some models and with
   ``config.pbtxt`` edited through the same ``ModelConfig`` proto the server parses.
 - ``ServerProcess``: ``python -m service serve`` as a subprocess on loopback, ports picked by
@@ -210,12 +210,20 @@ class ServerProcess:
                 seen = max(seen, len(self.lines))
                 if self._eof:
                     raise ServerNotReady(
-                        f"server exited (code {self.returncode}) before logging {pattern!r}\n{self._tail()}"
+                        f"server exited (code {self._exit_code()}) before logging {pattern!r}\n{self._tail()}"
                     )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ServerNotReady(f"no {pattern!r} in the server log after {timeout:.0f}s\n{self._tail()}")
                 self._changed.wait(remaining)
+
+    def _exit_code(self) -> int | None:
+        """After end of output the process is exiting; give it a moment to be reaped."""
+        assert self._proc is not None
+        try:
+            return self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _tail(self, lines: int = 80) -> str:
         return "--- server log (" + " ".join(self.argv) + ") ---\n" + "\n".join(self.lines[-lines:])

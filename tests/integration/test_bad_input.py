@@ -3,7 +3,6 @@ server goes on serving good requests after each one."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -263,36 +262,57 @@ def test_response_above_message_limit(small_server: ServerProcess, model_reposit
         assert_matches(result, reference.run(ENCODER, arrays), ["embedding", "logits"])
 
 
-# -- values the graph cannot take ------------------------------------------------------------------
-def _label_out_of_range(repo: Path) -> dict[str, np.ndarray]:
-    arrays = _good(repo, SAGAN)
-    arrays["class_label"][:] = 10_000
+# -- values only the graph could otherwise check -----------------------------------------------------
+# The config declares them (parameter attnserve.input_limits): ids within the vocabulary,
+# labels within the classes, sequences within the position table. Without the check they
+# would fail inside onnxruntime, as INTERNAL, for every request of the batch.
+def _limits(repo: Path, model: str, name: str):
+    tensor = spec_of(repo, model).input(name)
+    assert tensor is not None and (tensor.max_value is not None or tensor.max_dims), f"{model}.{name} declares no limits"
+    return tensor
+
+
+def _label(repo: Path, value: int) -> dict[str, np.ndarray]:
+    arrays = _good(repo, SAGAN, rows=3)
+    arrays["class_label"][1] = value
     return arrays
 
 
-def _sequence_too_long(repo: Path) -> dict[str, np.ndarray]:
-    # Longer than the encoder's positional table (tokenizer.json max_length); the config's
-    # dims are [-1], so only the graph knows.
-    limit = json.loads((repo / ENCODER / "tokenizer.json").read_text())["max_length"]
-    return _good(repo, ENCODER, length=limit + 1)
+def _token(repo: Path, name: str, value: int) -> dict[str, np.ndarray]:
+    arrays = _good(repo, ENCODER, rows=2)
+    arrays[name][1, 3] = value
+    return arrays
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known service gap: values only the graph can check (a class label or token id out of "
-    "range, a sequence longer than the positional table) fail inside onnxruntime and come back "
-    "INTERNAL, for the whole batch, instead of INVALID_ARGUMENT for that request",
-)
+OUT_OF_RANGE = [
+    ("label-above", SAGAN, "class_label", lambda r: _label(r, int(_limits(r, SAGAN, "class_label").max_value) + 1)),
+    ("label-negative", SAGAN, "class_label", lambda r: _label(r, -1)),
+    ("token-outside-vocabulary", ENCODER, "input_ids",
+     lambda r: _token(r, "input_ids", int(_limits(r, ENCODER, "input_ids").max_value) + 1)),
+    ("mask-not-0-or-1", ENCODER, "attention_mask",
+     lambda r: _token(r, "attention_mask", int(_limits(r, ENCODER, "attention_mask").max_value) + 1)),
+    ("sequence-too-long", ENCODER, "input_ids",
+     lambda r: _good(r, ENCODER, length=_limits(r, ENCODER, "input_ids").max_dims[0] + 1)),
+]
+
+
 @pytest.mark.parametrize(
-    ("model", "build", "word"),
-    [(SAGAN, _label_out_of_range, "class_label"), (ENCODER, _sequence_too_long, "input_ids")],
-    ids=["class-label-out-of-range", "sequence-too-long"],
+    ("model", "word", "build"), [c[1:] for c in OUT_OF_RANGE], ids=[c[0] for c in OUT_OF_RANGE]
 )
-def test_value_only_the_graph_can_check(client, model_repository, still_serves, model, build, word) -> None:
+def test_value_outside_declared_limits(client, model_repository, still_serves, model, word, build) -> None:
     with pytest.raises(InferenceServerException) as caught:
         client.infer(model, infer_inputs(build(model_repository)))
-    try:
-        assert status_of(caught.value) == "INVALID_ARGUMENT", message_of(caught.value)
-        assert word in message_of(caught.value)
-    finally:
-        still_serves()
+    assert status_of(caught.value) == "INVALID_ARGUMENT", message_of(caught.value)
+    assert word in message_of(caught.value)
+    still_serves()
+
+
+def test_values_at_the_limits_are_served(client, model_repository, reference) -> None:
+    labels = _good(model_repository, SAGAN, rows=2)
+    label = _limits(model_repository, SAGAN, "class_label")
+    labels["class_label"][:, 0] = [label.min_value, label.max_value]
+    longest = _limits(model_repository, ENCODER, "input_ids").max_dims[0]
+    tokens = _good(model_repository, ENCODER, rows=1, length=longest)
+    tokens["input_ids"][0, 1] = _limits(model_repository, ENCODER, "input_ids").max_value
+    for model, arrays in ((SAGAN, labels), (ENCODER, tokens)):
+        assert_matches(client.infer(model, infer_inputs(arrays)), reference.run(model, arrays))

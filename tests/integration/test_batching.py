@@ -30,6 +30,7 @@ from tests.integration.support import (
     message_of,
     model_stats,
     sample_inputs,
+    spec_of,
     status_of,
     wait_until_async,
 )
@@ -89,6 +90,11 @@ async def _queue_reaches(server: ServerProcess, model: str, depth: int) -> None:
     await wait_until_async(lambda: _depth(server, model)() == depth, what=f"{model} queue depth {depth}")
 
 
+async def _within(awaitable, timeout: float = 60.0):
+    """A batch that should have run did not: fail now rather than when the held delay ends."""
+    return await asyncio.wait_for(awaitable, timeout)
+
+
 def _new_batches(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
     return {size: n - before.get(size, 0) for size, n in after.items() if n != before.get(size, 0)}
 
@@ -125,7 +131,7 @@ async def test_batch_runs_when_preferred_size_is_reached(held_server, aio, model
     await _queue_reaches(server, SECNN, BATCH - 1)
     assert not any(t.done() for t in tasks)  # held: three rows are not a preferred batch
     last = sample_inputs(model_repository, SECNN, 1, rng)
-    results = await asyncio.gather(*tasks, client.infer(SECNN, infer_inputs(last, aioclient)))
+    results = await _within(asyncio.gather(*tasks, client.infer(SECNN, infer_inputs(last, aioclient))))
     for arrays, result in zip([*first, last], results):
         assert_matches(result, reference.run(SECNN, arrays))
     stats = (await client.get_inference_statistics(SECNN)).model_stats[0]
@@ -148,7 +154,7 @@ async def test_ragged_sequences_batch_together(held_server, aio, model_repositor
     requests[0] = {k: np.concatenate([requests[0][k], extra[k]]) for k in requests[0]}
     tasks = [asyncio.create_task(client.infer(ENCODER, infer_inputs(r, aioclient))) for r in requests[:-1]]
     await _queue_reaches(server, ENCODER, len(tasks))
-    results = await asyncio.gather(*tasks, client.infer(ENCODER, infer_inputs(requests[-1], aioclient)))
+    results = await _within(asyncio.gather(*tasks, client.infer(ENCODER, infer_inputs(requests[-1], aioclient))))
 
     stats = (await client.get_inference_statistics(ENCODER)).model_stats[0]
     assert sum(r["input_ids"].shape[0] for r in requests) == BATCH
@@ -179,7 +185,7 @@ async def test_cancelled_request_leaves_its_batch_mates_alone(held_server, aio, 
     assert server.metric("attnserve_rejections_total", model=SECNN, reason="cancelled") == 1
 
     rest = [client.infer(SECNN, infer_inputs(m, aioclient)) for m in mates[2:]]
-    results = await asyncio.gather(*first, *rest)
+    results = await _within(asyncio.gather(*first, *rest))
     for arrays, result in zip(mates, results):
         assert_matches(result, reference.run(SECNN, arrays))
     stats = (await client.get_inference_statistics(SECNN)).model_stats[0]
@@ -201,7 +207,7 @@ async def test_client_deadline_expires_in_queue(held_server, aio, model_reposito
     await _queue_reaches(server, SECNN, 1)  # the expired one left; the first is still held
     assert not first.done()
 
-    results = await asyncio.gather(first, *(client.infer(SECNN, infer_inputs(m, aioclient)) for m in mates[1:]))
+    results = await _within(asyncio.gather(first, *(client.infer(SECNN, infer_inputs(m, aioclient)) for m in mates[1:])))
     for arrays, result in zip(mates, results):
         assert_matches(result, reference.run(SECNN, arrays))
     stats = (await client.get_inference_statistics(SECNN)).model_stats[0]
@@ -223,7 +229,7 @@ async def test_queue_timeout_parameter(held_server, aio, model_repository, refer
 
     # The server still serves, and the timed-out request was never computed.
     mates = [sample_inputs(model_repository, SECNN, 1, rng) for _ in range(BATCH)]
-    results = await asyncio.gather(*(client.infer(SECNN, infer_inputs(m, aioclient)) for m in mates))
+    results = await _within(asyncio.gather(*(client.infer(SECNN, infer_inputs(m, aioclient)) for m in mates)))
     for arrays, result in zip(mates, results):
         assert_matches(result, reference.run(SECNN, arrays))
     stats = (await client.get_inference_statistics(SECNN)).model_stats[0]
@@ -250,5 +256,29 @@ async def test_full_queue_rejects_at_once(held_server, aio, model_repository, re
     assert not any(t.done() for t in tasks)
 
     await client.unload_model(SAGAN)
-    for arrays, result in zip(queued, await asyncio.gather(*tasks)):
+    for arrays, result in zip(queued, await _within(asyncio.gather(*tasks))):
         assert_matches(result, reference.run(SAGAN, arrays))
+
+
+async def test_request_outside_limits_never_joins_a_batch(held_server, aio, model_repository, reference) -> None:
+    """A sequence longer than the declared limit is refused before it is queued, so it cannot
+    fail the batch it would have joined; its would-be batch-mates run as one batch."""
+    server = held_server(ENCODER)
+    client = aio(server)
+    rng = np.random.default_rng(27)
+    limit = spec_of(model_repository, ENCODER).input("input_ids").max_dims[0]
+    mates = [sample_inputs(model_repository, ENCODER, 1, rng, length=8 + i) for i in range(BATCH)]
+    tasks = [asyncio.create_task(client.infer(ENCODER, infer_inputs(m, aioclient))) for m in mates[:-1]]
+    await _queue_reaches(server, ENCODER, BATCH - 1)
+
+    too_long = sample_inputs(model_repository, ENCODER, 1, rng, length=limit + 1)
+    with pytest.raises(InferenceServerException) as caught:
+        await client.infer(ENCODER, infer_inputs(too_long, aioclient))
+    assert status_of(caught.value) == "INVALID_ARGUMENT"
+    assert _depth(server, ENCODER)() == BATCH - 1 and not any(t.done() for t in tasks)
+
+    results = await _within(asyncio.gather(*tasks, client.infer(ENCODER, infer_inputs(mates[-1], aioclient))))
+    for arrays, result in zip(mates, results):
+        assert_matches(result, reference.run(ENCODER, arrays))
+    stats = (await client.get_inference_statistics(ENCODER)).model_stats[0]
+    assert (stats.inference_count, stats.execution_count) == (BATCH, 1)
