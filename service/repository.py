@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from service.batching.batcher import DynamicBatcher
-from service.errors import AttnServeError, ModelLoadError, ModelNotFound, ModelNotReady
+from service.errors import AttnServeError, InternalError, ModelLoadError, ModelNotFound, ModelNotReady
 from service.model_config import ModelSpec, read_config, to_spec
 from service.proto.inference import model_config_pb2 as mc
 from service.validation import check_against_graph, warmup_inputs
@@ -247,7 +247,13 @@ class ModelRepository:
         try:
             check_against_graph(spec, runner)
             for sample in spec.warmup:
-                await runner.run(warmup_inputs(sample))
+                try:
+                    await runner.run(warmup_inputs(sample))
+                except InternalError as exc:  # the runner logged the cause; the reason names the sample
+                    raise ModelLoadError(
+                        f"model {spec.name!r} version {version}: warm-up {sample.name!r} "
+                        f"(batch size {sample.batch_size}) failed: {exc.message}; details in the server log"
+                    ) from exc
         except AttnServeError:
             runner.close()
             raise

@@ -106,6 +106,8 @@ def guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """``handler`` with malformed requests answered INVALID_ARGUMENT."""
     deserialize = handler.request_deserializer
     inner = inner_behaviour(handler)
+    if not (inspect.iscoroutinefunction(inner) or inspect.isasyncgenfunction(inner)):
+        return handler  # a synchronous handler (grpcio allows them; none here): left to grpcio
     message = f"the request is not a valid {_message_name(deserialize)} message"
 
     def parse(data: bytes) -> Any:
@@ -146,6 +148,11 @@ def guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
 
         return replace_behaviour(handler, unary, request_deserializer=parse)
 
+    if not (handler.response_streaming and inspect.isasyncgenfunction(inner)):
+        # A stream read with context.read() never passes through the iterator below, and
+        # there is no stream-unary method here: both are left to grpcio.
+        return handler
+
     # A request stream: end it at the first malformed message (as if the client had
     # half-closed), let the handler answer what came before, then fail the call.
     async def checked(requests: AsyncIterator[Any], seen: list[_Malformed]) -> AsyncIterator[Any]:
@@ -155,22 +162,11 @@ def guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
                 return
             yield request
 
-    if handler.response_streaming:
-
-        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            seen: list[_Malformed] = []
-            async for reply in inner(checked(requests, seen), context):
-                yield reply
-            if seen:
-                await refuse(context, seen[0])
-
-        return replace_behaviour(handler, stream_stream, request_deserializer=parse)
-
-    async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+    async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         seen: list[_Malformed] = []
-        reply = await inner(checked(requests, seen), context)
+        async for reply in inner(checked(requests, seen), context):
+            yield reply
         if seen:
             await refuse(context, seen[0])
-        return reply
 
-    return replace_behaviour(handler, stream_unary, request_deserializer=parse)
+    return replace_behaviour(handler, stream_stream, request_deserializer=parse)

@@ -29,6 +29,9 @@ STATUS_BY_ERROR: dict[type[errors.AttnServeError], grpc.StatusCode] = {
     errors.InternalError: grpc.StatusCode.INTERNAL,
 }
 INTERNAL_MESSAGE = "internal server error (details in the server log)"
+# A message echoes what the client sent (names, sizes); grpc clients drop a status whose details
+# pass their metadata limit (8-16 KiB) and report RESOURCE_EXHAUSTED instead, so it is bounded.
+MAX_MESSAGE_CHARS = 2000
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -37,6 +40,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         code = STATUS_BY_ERROR.get(cls)  # type: ignore[arg-type]
         if code is not None:
             message = INTERNAL_MESSAGE if code is grpc.StatusCode.INTERNAL else exc.message  # type: ignore[attr-defined]
+            if len(message) > MAX_MESSAGE_CHARS:
+                suffix = " ... (shortened)"
+                message = message[: MAX_MESSAGE_CHARS - len(suffix)] + suffix
             return code, message
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
