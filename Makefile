@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 REPO   ?= model_repository
 ARGS   ?=
 
-.PHONY: setup serve export test test-fast protos clean
+.PHONY: setup serve export test test-slow protos clean
 
 $(BIN)/attnserve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +37,13 @@ export: $(REPO)/.exported
 serve: export
 	$(BIN)/attnserve serve --model-repository $(REPO) $(ARGS)
 
+# Every tier except the slow-marked ones (30 s overload, soak): a few minutes.
 test: setup
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -m 'not slow' $(ARGS)
 
-test-fast: setup
-	$(BIN)/python -m pytest -m 'not slow' -x $(ARGS)
+# Overload and soak. The soak runs ATTNSERVE_SOAK_SECONDS (default 600 = the 10-minute soak).
+test-slow: setup
+	$(BIN)/python -m pytest -m slow -s $(ARGS)
 
 protos: setup
 	$(BIN)/python protos/generate.py
