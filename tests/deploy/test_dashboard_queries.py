@@ -12,15 +12,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import socket
 import subprocess
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 import pytest
 
+from tests.deploy.conftest import free_port, http_get
 from tests.deploy.helpers import (
     LABEL_VALUES,
     contract_metrics,
@@ -86,20 +84,6 @@ def synthetic_openmetrics() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory):
     promtool = tool("promtool")
@@ -117,7 +101,7 @@ def prometheus_url(tmp_path_factory):
     assert made.returncode == 0, made.stdout + made.stderr
     config = work / "prometheus.yml"
     config.write_text("global:\n  scrape_interval: 15s\n")
-    port = _free_port()
+    port = free_port()
     log = open(work / "prometheus.log", "w")
     process = subprocess.Popen(
         [
@@ -137,7 +121,7 @@ def prometheus_url(tmp_path_factory):
             if process.poll() is not None:
                 pytest.fail("prometheus exited:\n" + (work / "prometheus.log").read_text()[-3000:])
             try:
-                if _get(url + "/-/ready")[0] == 200:
+                if http_get(url + "/-/ready")[0] == 200:
                     break
             except OSError:
                 pass
@@ -156,7 +140,7 @@ def prometheus_url(tmp_path_factory):
 
 def query(url: str, expr: str) -> dict:
     params = urllib.parse.urlencode({"query": expr, "time": QUERY_TIME})
-    status, body = _get(f"{url}/api/v1/query?{params}")
+    status, body = http_get(f"{url}/api/v1/query?{params}")
     reply = json.loads(body)
     assert status == 200 and reply["status"] == "success", f"{expr}: {reply}"
     return reply["data"]

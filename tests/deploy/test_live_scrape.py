@@ -24,189 +24,43 @@ Tests run in file order; the last one stops the server.
 
 from __future__ import annotations
 
-import queue
 import re
-import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
-from tritonclient.utils import InferenceServerException
 
-from service.proto.inference import model_config_pb2 as mc
 from tests.conftest import ServerProcess, copy_repository
-from tests.deploy.conftest import Prometheus, finite, poll, sample_values
-from tests.deploy.helpers import (
-    PROMETHEUS_CONFIG,
-    RULES,
-    dashboard_targets,
-    legend_labels,
-    load_dashboard,
-    load_rules,
+from tests.deploy.conftest import finite, poll, sample_values
+from tests.deploy.helpers import dashboard_targets, legend_labels, load_dashboard, load_rules
+from tests.deploy.live_traffic import (
+    HELD,
+    INVALID_PER_ROUND,
+    REJECTED_PER_ROUND,
+    ROUNDS,
+    Live,
+    hold_one,
+    sample_sum,
+    scrape_config,
+    send_ok,
+    server_samples,
+    traffic_round,
+    wait_until_rules_evaluated,
+    wait_until_scraped,
 )
-from tests.integration.support import ENCODER, MODELS, SAGAN, SECNN, infer_inputs, message_of, sample_inputs, status_of
+from tests.integration.support import ENCODER, MODELS, SAGAN
 
-HELD = SECNN  # the model whose queue the test fills
-HOLD_US = 300_000_000  # a held 1-row request never runs because its delay ran out
-REJECTED_PER_ROUND = 3  # requests refused (queue_full) while the held one waits
-INVALID_PER_ROUND = 2  # wrong-shape requests to SAGAN
-ROUNDS = 2
 # Grafana's $__rate_interval is at least 4 scrape intervals; here the window covers the whole
 # run, so each panel shows what the test sent, not whatever fell into the last few seconds.
 RATE_WINDOW = "5m"
-# Counters compared between /metrics and Prometheus to know a scrape saw the latest traffic.
-CONVERGENCE = ("attnserve_requests_total", "attnserve_rejections_total", "attnserve_inferences_total")
-
-
-def _hold_one(config: mc.ModelConfig) -> None:
-    db = config.dynamic_batching
-    db.max_queue_delay_microseconds = HOLD_US
-    del db.preferred_batch_size[:]
-    db.preferred_batch_size.append(2)
-    db.default_queue_policy.max_queue_size = 1
-
-
-def scrape_config(metrics_address: str) -> dict:
-    """deploy/prometheus/prometheus.yml with 1 s intervals and the target on loopback."""
-    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
-    rule_files = [str(PROMETHEUS_CONFIG.parent / pattern) for pattern in config["rule_files"]]
-    assert any(RULES.match(pattern) for pattern in rule_files), f"{rule_files} do not load {RULES}"
-    config["rule_files"] = rule_files
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert "attnserve" in jobs, f"no attnserve job in {PROMETHEUS_CONFIG}"
-    for name, job in jobs.items():
-        for key in ("scrape_interval", "scrape_timeout"):
-            if key in job:
-                job[key] = "1s"
-        target = metrics_address if name == "attnserve" else "{prometheus}"
-        job["static_configs"] = [{"targets": [target]}]
-    return config
-
-
-def _metrics(server: ServerProcess) -> dict[tuple[str, frozenset], float]:
-    """Every sample of the server's /metrics, read once: (name, labels) -> value."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(server.metrics_text())
-        for sample in family.samples
-    }
-
-
-def _sum(samples: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
-
-
-def _rfc3339(stamp: str) -> float:
-    """Prometheus's timestamps (nanosecond fractions, 'Z') as Unix seconds."""
-    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", stamp)
-    assert match, f"not an RFC 3339 time: {stamp!r}"
-    zone = "+00:00" if match[3] == "Z" else match[3]
-    return datetime.fromisoformat(match[1] + zone).timestamp() + float("0" + (match[2] or ".0"))
-
-
-# -- traffic ----------------------------------------------------------------------------------------
-@dataclass
-class Live:
-    server: ServerProcess
-    prometheus: Prometheus
-    client: grpcclient.InferenceServerClient
-    repository: Path
-    instance: str
-    rng: np.random.Generator
-
-
-def send_ok(live: Live, model: str, rows: int) -> None:
-    arrays = sample_inputs(live.repository, model, rows, live.rng)
-    result = live.client.infer(model, infer_inputs(arrays))
-    output = result.get_response().outputs[0].name
-    assert result.as_numpy(output).shape[0] == rows
-
-
-def send_invalid(live: Live) -> None:
-    arrays = sample_inputs(live.repository, SAGAN, 1, live.rng)
-    arrays["z"] = arrays["z"][:, : arrays["z"].shape[1] // 2]  # wrong shape
-    with pytest.raises(InferenceServerException) as caught:
-        live.client.infer(SAGAN, infer_inputs(arrays))
-    assert status_of(caught.value) == "INVALID_ARGUMENT", message_of(caught.value)
-
-
-def overflow(live: Live) -> None:
-    """Hold one request in HELD's queue, get REJECTED_PER_ROUND refusals, cancel the held one."""
-    server = live.server
-    before = _metrics(server)
-    outcome: queue.Queue = queue.Queue()
-    held = live.client.async_infer(
-        HELD, infer_inputs(sample_inputs(live.repository, HELD, 1, live.rng)),
-        callback=lambda result, error: outcome.put((result, error)),
-    )
-    poll(lambda: server.metric("attnserve_queue_depth", model=HELD), lambda depth: depth == 1, f"{HELD} queue depth 1")
-    for _ in range(REJECTED_PER_ROUND):
-        with pytest.raises(InferenceServerException) as caught:
-            live.client.infer(HELD, infer_inputs(sample_inputs(live.repository, HELD, 1, live.rng)))
-        assert status_of(caught.value) == "UNAVAILABLE", message_of(caught.value)
-        assert "queue" in message_of(caught.value)
-    assert outcome.empty(), "the held request was answered while its queue was held"
-    held.cancel()
-    result, error = outcome.get(timeout=30)
-    assert result is None and error is not None, "the cancelled request was answered"
-    expected = (
-        0,
-        _sum(before, "attnserve_requests_total", model=HELD, code="CANCELLED") + 1,
-        _sum(before, "attnserve_rejections_total", model=HELD, reason="cancelled") + 1,
-    )
-    poll(
-        lambda: (
-            server.metric("attnserve_queue_depth", model=HELD),
-            server.metric("attnserve_requests_total", model=HELD, code="CANCELLED"),
-            server.metric("attnserve_rejections_total", model=HELD, reason="cancelled"),
-        ),
-        lambda seen: seen == expected,
-        f"the cancelled request leaving {HELD}'s queue (depth, CANCELLED answers, cancelled rejections)",
-    )
-
-
-def traffic_round(live: Live) -> None:
-    send_ok(live, SAGAN, 1)
-    send_ok(live, ENCODER, 2)
-    send_ok(live, HELD, 2)  # a preferred batch size: runs at once
-    for _ in range(INVALID_PER_ROUND):
-        send_invalid(live)
-    overflow(live)
-
-
-def wait_until_scraped(live: Live) -> float:
-    """Wait until Prometheus holds the server's current counters; returns when it did (Unix s)."""
-    now = _metrics(live.server)
-    for name in CONVERGENCE:
-        expected = _sum(now, name)
-        live.prometheus.wait_for(
-            f'sum({name}{{job="attnserve"}})',
-            lambda result, expected=expected: sample_values(result) == [expected],
-            f"Prometheus to scrape {name} == {expected}",
-        )
-    return time.time()
-
-
-def wait_until_rules_evaluated(live: Live, after: float) -> None:
-    poll(
-        live.prometheus.rule_groups,
-        lambda groups: bool(groups) and all(_rfc3339(g["lastEvaluation"]) > after for g in groups),
-        "every rule group to be evaluated after the last scrape",
-    )
 
 
 @pytest.fixture(scope="module")
 def live(model_repository: Path, tmp_path_factory: pytest.TempPathFactory, live_prometheus) -> Iterator[Live]:
-    repository = copy_repository(model_repository, tmp_path_factory.mktemp("live_repository"), edits={HELD: _hold_one})
+    repository = copy_repository(model_repository, tmp_path_factory.mktemp("live_repository"), edits={HELD: hold_one})
     server = ServerProcess(repository).start()
     try:
         address = urllib.parse.urlsplit(server.metrics_url).netloc
@@ -236,13 +90,13 @@ def test_request_histogram_counts_every_request(live: Live) -> None:
     """N v2 requests -> the latency histogram's count and +Inf bucket rise by exactly N, the row
     counters by the rows sent; and Prometheus stores the same count."""
     rows = [1, 3, 2, 4, 1]
-    before = _metrics(live.server)
+    before = server_samples(live.server)
     for n in rows:  # one at a time: each request is its own execution
         send_ok(live, ENCODER, n)
-    after = _metrics(live.server)
+    after = server_samples(live.server)
 
     def delta(name: str, **labels: str) -> float:
-        return _sum(after, name, model=ENCODER, **labels) - _sum(before, name, model=ENCODER, **labels)
+        return sample_sum(after, name, model=ENCODER, **labels) - sample_sum(before, name, model=ENCODER, **labels)
 
     assert delta("attnserve_request_duration_seconds_count", surface="v2") == len(rows)
     assert delta("attnserve_request_duration_seconds_bucket", surface="v2", le="+Inf") == len(rows)
@@ -255,7 +109,7 @@ def test_request_histogram_counts_every_request(live: Live) -> None:
     assert delta("attnserve_queue_duration_seconds_count") == len(rows)
     assert delta("attnserve_compute_infer_duration_seconds_count") == len(rows)
 
-    count = _sum(after, "attnserve_request_duration_seconds_count", model=ENCODER, surface="v2")
+    count = sample_sum(after, "attnserve_request_duration_seconds_count", model=ENCODER, surface="v2")
     live.prometheus.wait_for(
         f'sum(attnserve_request_duration_seconds_count{{model="{ENCODER}", surface="v2"}})',
         lambda result: sample_values(result) == [count],
@@ -270,16 +124,16 @@ def test_rejections_are_counted_by_reason(live: Live) -> None:
         (HELD, "cancelled"): ROUNDS,
         (SAGAN, "invalid_input"): ROUNDS * INVALID_PER_ROUND,
     }
-    samples = _metrics(live.server)
+    samples = server_samples(live.server)
     stored = {
         (r["metric"]["model"], r["metric"]["reason"]): float(r["value"][1])
         for r in live.prometheus.query('sum by (model, reason) (attnserve_rejections_total{job="attnserve"})')
     }
     for (model, reason), count in expected.items():
-        assert _sum(samples, "attnserve_rejections_total", model=model, reason=reason) == count, (model, reason)
+        assert sample_sum(samples, "attnserve_rejections_total", model=model, reason=reason) == count, (model, reason)
         assert stored[(model, reason)] == count, (model, reason, stored)
-    assert _sum(samples, "attnserve_requests_total", model=HELD, code="UNAVAILABLE") == ROUNDS * REJECTED_PER_ROUND
-    assert _sum(samples, "attnserve_requests_total", model=SAGAN, code="INVALID_ARGUMENT") == ROUNDS * INVALID_PER_ROUND
+    assert sample_sum(samples, "attnserve_requests_total", model=HELD, code="UNAVAILABLE") == ROUNDS * REJECTED_PER_ROUND
+    assert sample_sum(samples, "attnserve_requests_total", model=SAGAN, code="INVALID_ARGUMENT") == ROUNDS * INVALID_PER_ROUND
     others = {k: v for k, v in stored.items() if k not in expected}
     assert all(v == 0 for v in others.values()), others
 
@@ -355,7 +209,7 @@ def _concrete(expr: str, live: Live) -> str:
 
 
 def _gpu_series_exported(live: Live) -> bool:
-    return any(name.startswith("attnserve_gpu_") for name, _ in _metrics(live.server))
+    return any(name.startswith("attnserve_gpu_") for name, _ in server_samples(live.server))
 
 
 @pytest.mark.parametrize("panel, target", TARGETS, ids=[f"{p['title']}-{t['refId']}" for p, t in TARGETS])

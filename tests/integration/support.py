@@ -1,4 +1,4 @@
-"""Helpers for the integration tier: valid inputs, the in-process reference, status checks.
+"""Helpers for the integration tier: valid inputs, the in-process reference, status checks, waits.
 
 Expected outputs are never written down: ``Reference`` runs the same ``model.onnx`` the server
 loaded, in this process, with onnxruntime, and responses are compared against it.
@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from service.model_config import ModelSpec, read_config, to_spec
@@ -25,6 +26,12 @@ MODELS = (SAGAN, SECNN, ENCODER)
 RTOL, ATOL = 1e-4, 1e-5
 # Byte-level tokens (export/models/transformer_encoder.py): 0 pad, 1 BOS, 2 EOS, byte b is 4 + b.
 PAD, BOS, EOS, BYTE_OFFSET = 0, 1, 2, 4
+# A batching delay of 5 minutes: a held batch runs only when full or preferred (or on a drain),
+# never because its delay ran out while a test runs.
+HOLD_US = 300_000_000
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+POLL_S = 0.02
 
 
 def spec_of(repository: Path, model: str) -> ModelSpec:
@@ -148,26 +155,26 @@ def model_stats(client: grpcclient.InferenceServerClient, model: str) -> Stats:
     )
 
 
+def _check(condition: Callable[[], Any], deadline: float, timeout: float, what: str) -> Any:
+    """One poll: ``condition()``'s value; fails once the deadline has passed without a truthy one."""
+    value = condition()
+    if not value and time.monotonic() > deadline:
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return value
+
+
 def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll an RPC-backed ``condition`` until it is truthy (readiness-style wait, not a delay)."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.02)
+    while not (value := _check(condition, deadline, timeout, what)):
+        time.sleep(POLL_S)
+    return value
 
 
 async def wait_until_async(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """``wait_until`` for async tests: yields to the event loop between polls so that the
     aio calls being waited on keep making progress."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.02)
+    while not (value := _check(condition, deadline, timeout, what)):
+        await asyncio.sleep(POLL_S)
+    return value

@@ -23,6 +23,7 @@ from service.proto.inference import model_config_pb2 as mc
 from tests.conftest import ServerProcess, copy_repository
 from tests.integration.support import (
     ENCODER,
+    HOLD_US,
     SAGAN,
     SECNN,
     assert_matches,
@@ -35,7 +36,6 @@ from tests.integration.support import (
     wait_until_async,
 )
 
-HOLD_US = 300_000_000  # 5 minutes: no batch in these tests runs because its delay ran out
 BATCH = 4  # the preferred batch size of the held models
 
 

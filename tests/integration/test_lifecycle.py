@@ -24,8 +24,11 @@ from service.proto.inference import model_config_pb2 as mc
 from tests.conftest import REPO_ROOT, read_model_config, write_model_config
 from tests.integration.support import (
     ENCODER,
+    HOLD_US,
+    NOT_SERVING,
     SAGAN,
     SECNN,
+    SERVING,
     assert_matches,
     infer_inputs,
     message_of,
@@ -35,10 +38,7 @@ from tests.integration.support import (
     wait_until_async,
 )
 
-HOLD_US = 300_000_000
 DRAINING = "draining: refusing new requests"
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def _hold_queue(config: mc.ModelConfig) -> None:

@@ -23,8 +23,10 @@ from tests.conftest import DEFAULT_MODELS, ServerProcess, read_model_config
 from tests.integration.support import (
     ENCODER,
     MODELS,
+    NOT_SERVING,
     SAGAN,
     SECNN,
+    SERVING,
     assert_matches,
     infer_inputs,
     message_of,
@@ -34,9 +36,6 @@ from tests.integration.support import (
     spec_of,
     status_of,
 )
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 # -- health and metadata ------------------------------------------------------------------------

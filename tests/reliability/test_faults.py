@@ -27,8 +27,11 @@ from tritonclient.utils import InferenceServerException
 from tests.conftest import ServerProcess
 from tests.integration.support import (
     ENCODER,
+    HOLD_US,
+    NOT_SERVING,
     SAGAN,
     SECNN,
+    SERVING,
     assert_matches,
     infer_inputs,
     message_of,
@@ -39,9 +42,6 @@ from tests.integration.support import (
 )
 
 ODD = "odd_rows"  # the model built below: fails for an odd number of rows
-HOLD_US = 300_000_000  # a batching delay of minutes: batches form only when full or preferred
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def samples(server: ServerProcess, name: str, **labels: str) -> list[float]:

@@ -27,11 +27,18 @@ from service.proto.inference import grpc_service_pb2 as pb
 from service.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import REPO_ROOT, ServerProcess
 from tests.deploy.helpers import DOCKERFILE, copy_sources, dockerfile_stages
-from tests.integration.support import SECNN, assert_matches, infer_inputs, message_of, sample_inputs, status_of
+from tests.integration.support import (
+    SECNN,
+    SERVING,
+    assert_matches,
+    infer_inputs,
+    message_of,
+    sample_inputs,
+    status_of,
+)
 from tests.reliability.conftest import Pki
 
 TOKEN = "attnserve-test-token-0123456789abcdef"
-SERVING = health_pb2.HealthCheckResponse.SERVING
 ONE_MODEL = ("--load-model", SECNN)
 
 
