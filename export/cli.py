@@ -1,5 +1,9 @@
 """``python -m export`` / ``attnserve export``: export models into a model repository.
 
+Weights: ``--checkpoint NAME=PATH`` where given; otherwise the trained weights shipped in
+``export/weights/<model>.safetensors`` (default variant only); otherwise, or for every model
+with ``--random-weights``, seeded random weights. The summary line says which each model got.
+
 Usage errors (unknown model, bad config override, unusable checkpoint) print one line and
 return 2; a failed parity check prints the table and returns 1; success returns 0. No
 traceback reaches the user for anything they can fix from the command line. torch is
@@ -13,10 +17,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from export.defaults import MODEL_NAMES
-from export.errors import ConfigError, ExportFailure, UsageError
+from export.errors import CheckpointError, ConfigError, ExportFailure, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -40,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="state_dict (.pt or .safetensors) for a model; default: seeded random weights",
+        help="state_dict (.pt or .safetensors) for a model; default: the shipped trained "
+        "weights (export/weights/, default variant), else seeded random weights",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="seeded random weights for every model without a --checkpoint, even where "
+        "trained weights are shipped",
     )
     parser.add_argument(
         "--config",
@@ -78,8 +89,17 @@ def _pairs(values: Sequence[str], flag: str, models: Sequence[str]) -> dict[str,
     return pairs
 
 
-def _resolve(args: argparse.Namespace) -> list[tuple[str, Any, Path | None]]:
-    """(model name, config, checkpoint) for each model to export, validated up front."""
+class Planned(NamedTuple):
+    """One model to export and where its weights come from."""
+
+    name: str
+    config: Any
+    checkpoint: Path | None  # None: seeded random weights
+    source: str  # "checkpoint", "shipped" or "random"
+
+
+def _resolve(args: argparse.Namespace) -> list[Planned]:
+    """The models to export with their configs and weights, validated up front."""
     unknown = [name for name in args.model if name not in MODEL_NAMES]
     if unknown:
         raise UsageError(
@@ -96,6 +116,7 @@ def _resolve(args: argparse.Namespace) -> list[tuple[str, Any, Path | None]]:
 
     from export.config_overrides import apply_overrides, load_overrides  # imports torch
     from export.specs import SPECS
+    from export.weights import shipped_weights
 
     plan = []
     for name in models:
@@ -105,29 +126,60 @@ def _resolve(args: argparse.Namespace) -> list[tuple[str, Any, Path | None]]:
                 config = apply_overrides(config, load_overrides(config_files[name]))
             except ConfigError as exc:
                 raise UsageError(f"--config for {name}: {exc}") from None
-        plan.append((name, config, checkpoints.get(name)))
+        if name in checkpoints:
+            plan.append(Planned(name, config, checkpoints[name], "checkpoint"))
+            continue
+        # Shipped weights fit the default shapes only; the benchmark variant is for timing.
+        shipped = shipped_weights(name) if args.variant == "default" else None
+        if shipped is not None and not args.random_weights:
+            plan.append(Planned(name, config, shipped, "shipped"))
+        else:
+            plan.append(Planned(name, config, None, "random"))
     return plan
 
 
-def _export_all(args: argparse.Namespace, plan: list[tuple[str, Any, Path | None]]) -> int:
+def _load(planned: Planned) -> Any:
+    """The eval-mode model; shipped weights that do not fit a --config get a usable hint."""
+    from export.pipeline import load_weights
+    from export.specs import SPECS
+
+    try:
+        return load_weights(SPECS[planned.name], planned.config, planned.checkpoint)
+    except CheckpointError as exc:
+        if planned.source != "shipped":
+            raise
+        raise UsageError(
+            f"{exc}; the shipped weights fit the default config only: pass "
+            f"--checkpoint {planned.name}=PATH or --random-weights"
+        ) from None
+
+
+def _weights_note(planned: Planned) -> str:
+    if planned.source == "random":
+        return "seeded random weights"
+    return f"{planned.source} weights {planned.checkpoint}"
+
+
+def _export_all(args: argparse.Namespace, plan: list[Planned]) -> int:
     """Load every model's weights first (a bad checkpoint stops before anything is written),
     then export them one by one; returns how many were exported."""
     from tqdm import tqdm
 
     from export.onnx_export import format_parity_table
-    from export.pipeline import STEPS, export_model, load_weights
+    from export.pipeline import STEPS, export_model
     from export.specs import SPECS
 
     total = len(plan) * (len(STEPS) + 1)
     with tqdm(total=total, desc="export", unit="step", file=sys.stderr) as bar:
         models = []
-        for name, config, checkpoint in plan:
-            bar.set_description(f"{name}: weights")
-            models.append(load_weights(SPECS[name], config, checkpoint))
+        for planned in plan:
+            bar.set_description(f"{planned.name}: weights")
+            models.append(_load(planned))
             bar.update(1)
         args.model_repository.mkdir(parents=True, exist_ok=True)
         summary = []
-        for (name, config, _), model in zip(plan, models):
+        for planned, model in zip(plan, models):
+            name, config = planned.name, planned.config
 
             def step(label: str, name: str = name) -> None:
                 bar.set_description(f"{name}: {label}")
@@ -139,7 +191,9 @@ def _export_all(args: argparse.Namespace, plan: list[tuple[str, Any, Path | None
             )
             bar.update(1)
             tqdm.write(format_parity_table(name, result.rows), file=sys.stdout)
-            summary.append(f"{name}: {result.model_dir} ({result.seconds:.1f} s)")
+            summary.append(
+                f"{name}: {result.model_dir} ({result.seconds:.1f} s, {_weights_note(planned)})"
+            )
     for line in summary:
         print(line)
     return len(summary)

@@ -1,10 +1,15 @@
-"""Where a model's weights come from: a seeded random init or a checkpoint.
+"""Where a model's weights come from: shipped weights, a checkpoint, or a seeded random init.
 
-Until training lands, every export uses seeded random weights (``torch.manual_seed`` per
-model, so the same command writes the same model). A freshly initialised batch norm has
-running mean 0 and variance 1, which would make folding it a no-op and leave activations at
-an arbitrary scale, so seeded models get "standing statistics" (as BigGAN computes them): a
-few forward passes in train mode on random inputs, with a cumulative average.
+The default export uses the trained weights shipped in ``export/weights/<model>.safetensors``
+(made by ``python -m export.train``; see the model card next to each file) when the file is
+there and the default variant is exported. Otherwise, or with ``--random-weights``, a model
+gets seeded random weights (``torch.manual_seed`` per model, so the same command writes the
+same model): the shapes, services and protocol are real, the answers are not.
+
+A freshly initialised batch norm has running mean 0 and variance 1, which would make folding
+it a no-op and leave activations at an arbitrary scale, so seeded models get "standing
+statistics" (as BigGAN computes them): a few forward passes in train mode on random inputs,
+with a cumulative average.
 
 A checkpoint is a ``state_dict`` in a ``.pt`` (torch.save) or ``.safetensors`` file, keyed as
 the model's own ``state_dict()`` (spectral-norm weights as ``...parametrizations.weight.*``).
@@ -25,6 +30,13 @@ from export.specs import ModelSpec
 
 CALIBRATION_BATCHES = 4
 CALIBRATION_BATCH_SIZE = 16
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def shipped_weights(name: str) -> Path | None:
+    """``export/weights/<name>.safetensors`` when it exists (trained default weights)."""
+    path = SHIPPED_DIR / f"{name}.safetensors"
+    return path if path.is_file() else None
 
 
 def seeded_model(spec: ModelSpec, config: Any) -> nn.Module:

@@ -13,7 +13,7 @@ from export.errors import ParityError
 from export.onnx_export import open_session
 from export.pipeline import export_model, load_weights, parity_batches, run_parity
 from export.specs import SPECS
-from export.weights import seeded_model
+from export.weights import seeded_model, shipped_weights
 
 ENCODER = SPECS["transformer_encoder"]
 
@@ -40,7 +40,8 @@ def test_parity_of_written_model_against_fresh_pytorch_model(
 ) -> None:
     spec = SPECS[name]
     config = spec.variants["default"]
-    rows = run_parity(spec, config, seeded_model(spec, config), onnx_paths[name], max_batch_size=8)
+    model = load_weights(spec, config, shipped_weights(name))  # what the default export ships
+    rows = run_parity(spec, config, model, onnx_paths[name], max_batch_size=8)
     assert rows and all(row.ok for row in rows), rows
     assert {row.batch for row in rows} == {1, 5, 8}
     if name == "transformer_encoder":
@@ -50,7 +51,7 @@ def test_parity_of_written_model_against_fresh_pytorch_model(
 def test_parity_catches_a_different_model(onnx_paths: dict[str, Path]) -> None:
     spec = SPECS["se_cnn_classifier"]
     config = spec.variants["default"]
-    model = seeded_model(spec, config)
+    model = load_weights(spec, config, shipped_weights(spec.name))
     with torch.no_grad():
         model.head.bias[0] += 1e-3  # a tiny change must still be caught
     rows = run_parity(spec, config, model, onnx_paths["se_cnn_classifier"], max_batch_size=2)
