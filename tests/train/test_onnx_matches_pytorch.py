@@ -1,0 +1,94 @@
+"""The exported ONNX of the shipped weights predicts what PyTorch predicts on held-out data.
+
+The repository is written by the real export command with no ``--checkpoint`` (so this also
+checks that the default export picks up the shipped weights), then ONNX Runtime runs the
+held-out digits, the new-phrase test split and the generator's seeded latents.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.cli import main
+from export.models.sagan_generator import SaganGenerator
+from export.models.se_cnn_classifier import SeCnnClassifier
+from export.models.transformer_encoder import TransformerEncoder
+from export.onnx_export import open_session
+from export.train import digits, gan_eval, langid, langid_data
+
+from .test_shipped_quality import GENERATOR_SAMPLES
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("trained_repository")
+    assert main(["--model-repository", str(repo), "--max-batch-size", "8"]) == 0
+    return repo
+
+
+def _session(repo: Path, name: str):  # type: ignore[no-untyped-def]
+    return open_session(repo / name / "1" / "model.onnx")
+
+
+def _same_argmax(onnx_logits: np.ndarray, torch_logits: np.ndarray) -> None:
+    """Equal predictions, except where PyTorch's top two are within float noise."""
+    top2 = np.sort(torch_logits, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 1e-4
+    np.testing.assert_array_equal(onnx_logits.argmax(1)[clear], torch_logits.argmax(1)[clear])
+    assert clear.mean() > 0.99  # ties must stay rare, or the check above says little
+
+
+def test_se_cnn_onnx_matches_pytorch(
+    exported: Path, classifier: SeCnnClassifier, digit_split: digits.DigitSplit
+) -> None:
+    images = digits.normalize(digit_split.test_images)
+    onnx_logits = _session(exported, "se_cnn_classifier").run(["logits"], {"image": images.numpy()})[0]
+    with torch.no_grad():
+        torch_logits = classifier(images)[0].numpy()
+    _same_argmax(onnx_logits, torch_logits)
+    assert (onnx_logits.argmax(1) == digit_split.test_labels.numpy()).mean() >= 0.98
+    labels = (exported / "se_cnn_classifier" / "labels.txt").read_text().split()
+    assert labels == [str(d) for d in range(10)]
+
+
+def test_encoder_onnx_matches_pytorch(
+    exported: Path, encoder: TransformerEncoder, langid_splits: langid_data.LangIdData
+) -> None:
+    session = _session(exported, "transformer_encoder")
+    texts = langid_splits.new_phrases.texts
+    rows = langid_data.encode(texts)
+    onnx_logits, torch_logits = [], []
+    for start in range(0, len(rows), 256):  # padded per batch, as the server batches
+        ids, mask = langid_data.pad(rows[start : start + 256])
+        onnx_logits.append(
+            session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        )
+        with torch.no_grad():
+            torch_logits.append(encoder(ids, mask)[1].numpy())
+    _same_argmax(np.concatenate(onnx_logits), np.concatenate(torch_logits))
+    accuracy = (np.concatenate(onnx_logits).argmax(1) == langid_splits.new_phrases.labels).mean()
+    assert accuracy >= 0.95
+    assert (langid.predict(encoder, texts[:50]) == np.concatenate(torch_logits)[:50].argmax(1)).all()
+    labels = (exported / "transformer_encoder" / "labels.txt").read_text().split()
+    assert labels == list(langid_data.LANGUAGES)  # the class order the encoder was trained in
+
+
+def test_generator_onnx_matches_pytorch(
+    exported: Path, generator: SaganGenerator, classifier: SeCnnClassifier
+) -> None:
+    z, labels = gan_eval.latents(GENERATOR_SAMPLES, generator.config.z_dim)
+    onnx_images = _session(exported, "sagan_generator").run(
+        ["image"], {"z": z.numpy(), "class_label": labels.numpy()}
+    )[0]
+    with torch.no_grad():
+        torch_images = generator(z, labels)[0].numpy()
+    np.testing.assert_allclose(onnx_images, torch_images, atol=1e-4)
+    # And the ONNX images are the requested digits as often as the PyTorch ones.
+    predicted, _ = gan_eval.classify_and_embed(
+        classifier, digits.from_generator_space(torch.from_numpy(onnx_images))
+    )
+    assert (predicted == labels.reshape(-1)).float().mean().item() >= 0.95
