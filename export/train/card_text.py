@@ -74,10 +74,10 @@ def encoder_card(m: dict[str, Any]) -> list[str]:
         "## Held-out results",
         "\n".join(
             [
-                f"- New phrases: **{_pct(new['accuracy'])}** (baseline "
-                f"{_pct(base['new_phrases']['accuracy'])}).",
-                f"- Unseen words: **{_pct(unseen['accuracy'])}** (baseline "
-                f"{_pct(base['unseen_words']['accuracy'])}).",
+                f"- New phrases: **{new['accuracy']:.2%}** (baseline "
+                f"{base['new_phrases']['accuracy']:.2%}).",
+                f"- Unseen words: **{unseen['accuracy']:.2%}** (baseline "
+                f"{base['unseen_words']['accuracy']:.2%}).",
                 f"- Baseline: {base['model']} (scikit-learn), alpha {base['alpha']} chosen on a "
                 "validation tenth of the training phrases, trained on the same phrases and "
                 "measured in the same run.",
@@ -87,7 +87,8 @@ def encoder_card(m: dict[str, Any]) -> list[str]:
         _split_table(m, "per_language", "language"),
         "### By phrase length (words)",
         _split_table(m, "by_length", "words"),
-        "Confusion matrices: `langid_confusion.png` (counts in `transformer_encoder.metrics.json`).",
+        "Confusion matrices: `langid_confusion.png` (counts in "
+        "`transformer_encoder.metrics.json`).",
         "## Limits",
         "\n".join(
             [

@@ -62,7 +62,8 @@ def stratified_split(
         rows = rng.permutation(np.flatnonzero(labels.numpy() == digit))
         test.append(rows[:test_per_class])
         train.append(rows[test_per_class:])
-    train_idx, test_idx = rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+    train_idx = rng.permutation(np.concatenate(train))
+    test_idx = rng.permutation(np.concatenate(test))
     return torch.from_numpy(train_idx), torch.from_numpy(test_idx)
 
 

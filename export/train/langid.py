@@ -106,7 +106,9 @@ def predict(model: TransformerEncoder, texts: list[str], batch_size: int = 256) 
 
 def evaluate(model: TransformerEncoder, data: langid_data.LangIdData) -> dict[str, Any]:
     return {
-        "new_phrases": langid_baseline.report(predict(model, data.new_phrases.texts), data.new_phrases),
+        "new_phrases": langid_baseline.report(
+            predict(model, data.new_phrases.texts), data.new_phrases
+        ),
         "unseen_words": langid_baseline.report(
             predict(model, data.unseen_words.texts), data.unseen_words
         ),
@@ -137,7 +139,10 @@ def train(
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n != "positions"]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n == "positions"]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": options.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=options.max_lr,
         betas=(0.9, 0.98),
     )

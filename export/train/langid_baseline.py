@@ -37,7 +37,8 @@ def fit_baseline(train: Phrases) -> tuple[Any, dict[str, Any]]:
         scores[alpha] = float((nb.predict(counts[val]) == train.labels[val]).mean())
     best = max(ALPHAS, key=lambda a: scores[a])
     model = make_pipeline(vectorizer, MultinomialNB(alpha=best).fit(counts, train.labels))
-    chosen = {"alpha": best, "validation_accuracy": {str(a): round(s, 4) for a, s in scores.items()}}
+    validation = {str(a): round(s, 4) for a, s in scores.items()}
+    chosen = {"alpha": best, "validation_accuracy": validation}
     return model, chosen
 
 

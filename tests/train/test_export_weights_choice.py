@@ -44,7 +44,8 @@ def test_shape_changing_config_needs_random_weights_or_a_checkpoint(
 ) -> None:
     override = tmp_path / "wide.json"
     override.write_text(json.dumps({"stage_channels": [16, 32, 64]}))
-    argv = ["--model-repository", str(tmp_path / "repo"), "--model", SE, "--config", f"{SE}={override}"]
+    repo = tmp_path / "repo"
+    argv = ["--model-repository", str(repo), "--model", SE, "--config", f"{SE}={override}"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "shape mismatches" in err and "--random-weights" in err and "Traceback" not in err

@@ -46,7 +46,8 @@ def test_se_cnn_onnx_matches_pytorch(
     exported: Path, classifier: SeCnnClassifier, digit_split: digits.DigitSplit
 ) -> None:
     images = digits.normalize(digit_split.test_images)
-    onnx_logits = _session(exported, "se_cnn_classifier").run(["logits"], {"image": images.numpy()})[0]
+    session = _session(exported, "se_cnn_classifier")
+    onnx_logits = session.run(["logits"], {"image": images.numpy()})[0]
     with torch.no_grad():
         torch_logits = classifier(images)[0].numpy()
     _same_argmax(onnx_logits, torch_logits)

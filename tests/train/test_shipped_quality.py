@@ -28,7 +28,9 @@ def _recorded(name: str) -> dict:
     return json.loads((SHIPPED_DIR / f"{name}.metrics.json").read_text())
 
 
-def test_se_cnn_held_out_accuracy(classifier: SeCnnClassifier, digit_split: digits.DigitSplit) -> None:
+def test_se_cnn_held_out_accuracy(
+    classifier: SeCnnClassifier, digit_split: digits.DigitSplit
+) -> None:
     assert len(digit_split.test_labels) == 1000
     result = evaluate_classifier(classifier, digit_split.test_images, digit_split.test_labels)
     assert result["accuracy"] >= 0.98, result
@@ -64,7 +66,10 @@ def test_encoder_new_phrases_accuracy(
         # A known miss of the shipped weights (issue 6 stays open): on phrases of unseen words
         # the n-gram Naive Bayes of the same run is slightly ahead. Strict, so this turns into a
         # failure to update the moment retrained weights get ahead.
-        pytest.param("unseen_words", marks=pytest.mark.xfail(strict=True, reason="encoder 96.4% vs NB 96.6%")),
+        pytest.param(
+            "unseen_words",
+            marks=pytest.mark.xfail(strict=True, reason="encoder 96.4% vs NB 96.6%"),
+        ),
     ],
 )
 def test_encoder_against_the_naive_bayes_baseline(

@@ -46,7 +46,8 @@ def test_random_affine_keeps_shape_range_and_moves_pixels() -> None:
     moved = digits.random_affine(images, torch.Generator().manual_seed(0))
     assert moved.shape == images.shape and moved.min() >= 0 and moved.max() <= 1
     assert not torch.allclose(moved, images)
-    assert moved.sum().item() == pytest.approx(images.sum().item(), rel=0.3)  # small moves, digit kept
+    # Small moves: the digit keeps roughly its ink.
+    assert moved.sum().item() == pytest.approx(images.sum().item(), rel=0.3)
 
 
 def test_frechet_distance() -> None:
