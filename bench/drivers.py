@@ -1,6 +1,6 @@
 """What a scenario run (runner.py) and the soak (soak.py) share: their options, the progress
 bar, the sweeps that drive a running server over concurrency levels (the load generator,
-perf_analyzer) with the server's CPU time, py-spy profiling, and the results' bookkeeping.
+perf_analyzer) with the server's CPU time, and the results' bookkeeping.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -123,31 +122,6 @@ def server_cpu(level: LevelResult, proc: ManagedProcess, cpu0: float | None, t0:
         level.extra["server_cores"] = round((cpu1 - cpu0) / max(1e-9, time.monotonic() - t0), 3)
     if level.client_cpu_s is not None:
         level.extra["client_cores"] = round(level.client_cpu_s / level.duration_s, 3)
-
-
-# -- profiling -----------------------------------------------------------------------------------
-def start_profiler(pid: int, svg: Path, log: Path) -> subprocess.Popen | None:
-    """py-spy sampling the server (100 Hz, without pausing it) until stop_profiler."""
-    beside = Path(sys.executable).parent / "py-spy"
-    binary = str(beside) if beside.is_file() else shutil.which("py-spy")
-    if binary is None:
-        print("[bench] --profile: py-spy not found (pip install py-spy); not profiling", file=sys.stderr)
-        return None
-    svg.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [binary, "record", "-o", str(svg), "--pid", str(pid), "--rate", "100", "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=open(log, "w"),
-    )
-
-
-def stop_profiler(profiler: subprocess.Popen | None) -> None:
-    if profiler is None:
-        return
-    profiler.send_signal(signal.SIGINT)  # py-spy writes the flame graph on SIGINT
-    try:
-        profiler.wait(60)
-    except subprocess.TimeoutExpired:
-        profiler.kill()
 
 
 # -- a run's results ---------------------------------------------------------------------------

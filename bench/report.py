@@ -23,9 +23,9 @@ def write(results: dict, out: Path) -> dict[str, str]:
     drawn = plot.rss_over_time(results, files["plot"]) if name == "soak" else plot.latency_vs_throughput(results, files["plot"])
     if drawn is None:
         files.pop("plot")
-    profile = out / f"{name}.svg"
-    if profile.is_file():
-        files["profile"] = profile
+    for key, suffix in (("profile", ".svg"), ("profile_table", ".profile.md"), ("profile_stacks", ".stacks.txt")):
+        if (out / f"{name}{suffix}").is_file() and results.get("profile"):
+            files[key] = out / f"{name}{suffix}"
     results["files"] = {k: str(v) for k, v in files.items()}
     files["json"].write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     files["markdown"].write_text(markdown(results), encoding="utf-8")
@@ -101,6 +101,13 @@ def markdown(results: dict) -> str:
                 f"{_f(lv['p95_ms'], 3)} | {_f(lv['p99_ms'], 3)} | {errors} | {_f(extra.get('server_cores'))} | "
                 f"{_f(extra.get('client_cores'))} |"
             )
+    prof = results.get("profile")
+    if prof:
+        share = lambda n: f"{n / max(1, prof['samples']):.1%}"  # noqa: E731
+        lines += ["", "## Profile of the server during the loadgen sweep (py-spy)", "",
+                  "Threads: " + ", ".join(f"{k} {share(v)}" for k, v in prof["threads"].items()) + ".",
+                  "Most self time: " + ", ".join(f"`{k}` {share(v)}" for k, v in list(prof["self"].items())[:8]) + ".",
+                  f"Full table: `{results['scenario']['name']}.profile.md`; flame graph: `.svg`."]
     if results.get("skipped"):
         lines += ["", "## Skipped", ""] + [f"- {k}: {v}" for k, v in results["skipped"].items()]
     server = results.get("server") or {}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import ceiling, machine, perf_analyzer, repos
+from bench import ceiling, machine, perf_analyzer, profile, repos
 from bench.check import CheckFailed, verify_api, verify_v2
 from bench.drivers import (
     Options,
@@ -35,8 +35,6 @@ from bench.drivers import (
     now,
     recording_failure,
     rss_samples_mib,
-    start_profiler,
-    stop_profiler,
     sweep_loadgen,
     sweep_perf_analyzer,
 )
@@ -125,7 +123,7 @@ def _run(scenario: Scenario, opts: Options, levels, drivers, work: Path, results
         for driver in [d for d in drivers if d != "peer"]:
             try:
                 levels_out = _drive(driver, scenario, server, workload, samples, v2_payloads, api_payloads,
-                                    levels, opts, progress, work)
+                                    levels, opts, progress, work, results)
             except (perf_analyzer.Unavailable, RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 # One driver failing (perf_analyzer missing or never settling) leaves the others.
                 results["skipped"][driver] = f"{type(exc).__name__}: {exc}"
@@ -143,13 +141,16 @@ def _run(scenario: Scenario, opts: Options, levels, drivers, work: Path, results
         _run_peer(workload, model_path, samples, v2_payloads, levels, opts, work, results, progress)
 
 
-def _drive(driver, scenario, server, workload, samples, v2_payloads, api_payloads, levels, opts, progress, work):
+def _drive(driver, scenario, server, workload, samples, v2_payloads, api_payloads, levels, opts, progress, work, results):
     if driver == "loadgen":
-        profiler = start_profiler(server.pid, opts.out / f"{scenario.name}.svg", work / "py-spy.log") if opts.profile else None
+        profiler = profile.start(server.pid, opts.out, scenario.name, work) if opts.profile else None
         try:
             return sweep_loadgen(server.url, v2_payloads, levels, opts, server, progress, "loadgen")
         finally:
-            stop_profiler(profiler)
+            profile.stop(profiler)
+            summary = profile.write_summary(profiler, f"{scenario.name}, loadgen sweep {list(levels)}")
+            if summary is not None:
+                results["profile"] = summary
     if driver == "api":
         return sweep_loadgen(server.url, api_payloads, levels, opts, server, progress, "api")
     if driver == "perf_analyzer":

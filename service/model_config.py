@@ -25,6 +25,7 @@ ONNX_PLATFORMS = ("onnxruntime_onnx",)
 ONNX_BACKENDS = ("onnxruntime",)
 PAD_INPUTS_PARAM = "attnserve.pad_inputs"
 LIMITS_PARAM = "attnserve.input_limits"
+DISPATCH_WHEN_IDLE_PARAM = "attnserve.dispatch_when_idle"
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ def _policy(
         variable_output_axes={o.name: o.variable_axes for o in outputs if o.variable_axes}
         if pad_values else {},
         max_concurrent_batches=instances,
+        dispatch_when_idle=_flag(parameters, DISPATCH_WHEN_IDLE_PARAM, default=True, where=where),
     )
     try:
         return _build_policy(config, common)
@@ -205,6 +207,16 @@ def _build_policy(config: mc.ModelConfig, common: dict) -> BatchingPolicy:
         default_priority=db.default_priority_level,
         **common,
     )
+
+
+def _flag(parameters: Mapping[str, str], key: str, *, default: bool, where: str) -> bool:
+    raw = parameters.get(key)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value not in ("true", "false"):
+        raise ModelLoadError(f"{where}: parameter {key} must be 'true' or 'false', got {raw!r}")
+    return value == "true"
 
 
 def _pad_values(text: str, inputs: tuple[TensorSpec, ...], where: str) -> dict[str, float]:

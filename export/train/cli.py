@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--steps",
         type=int,
-        help="optimiser steps: transformer_encoder (default 6000), sagan_generator (default 2000)",
+        help="optimiser steps: transformer_encoder (default 12000), sagan_generator (default 2000)",
     )
     parser.add_argument("--seed", type=int, help="training seed (default: per model)")
     parser.add_argument(

@@ -35,7 +35,7 @@ CONFUSION_PNG = "langid_confusion.png"
 class EncoderTraining:
     """Hyper-parameters of one run (recorded in the metrics file)."""
 
-    steps: int = 6000
+    steps: int = 12000
     batch_size: int = 64
     max_lr: float = 1e-3
     warmup_steps: int = 200

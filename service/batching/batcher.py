@@ -60,6 +60,9 @@ class DynamicBatcher:
         self._running: dict[asyncio.Task[None], list[Pending]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Requests in the most recent execution; 1 before the first, so a quiet start counts
+        # as one-at-a-time traffic (see _idle_for_one).
+        self._last_batch_requests = 1
 
     @property
     def queue_depth(self) -> int:
@@ -115,6 +118,7 @@ class DynamicBatcher:
             deadline=deadline,
             enqueued_at=now,
             future=asyncio.get_running_loop().create_future(),
+            arrived_idle=self._idle_for_one(),
         )
         self._queue.push(item)
         self._queue_changed()
@@ -128,6 +132,16 @@ class DynamicBatcher:
                 self._observer.rejected("cancelled")
                 self._queue_changed()
             raise
+
+    def _idle_for_one(self) -> bool:
+        """True when a request arriving now is plainly alone: nothing queued, nothing executing,
+        and the previous execution held a single request too.
+
+        The last condition tells one-at-a-time traffic (a closed-loop client, sparse callers)
+        from a burst whose previous batch was just answered: then the whole burst is about to
+        come back, and its first request should wait the batching delay for the others.
+        """
+        return not self._queue and not self._running and self._last_batch_requests == 1
 
     def _level(self, priority: int | None) -> int:
         levels = self.policy.priority_levels
@@ -200,7 +214,9 @@ class DynamicBatcher:
                     return
                 wake_at = self._queue.next_deadline()
                 if len(self._running) < self.policy.max_concurrent_batches:
-                    items, due = next_batch(self._queue, self.policy, now, draining=self._stopping)
+                    items, due = next_batch(
+                        self._queue, self.policy, now, draining=self._stopping, idle=not self._running
+                    )
                     if items:
                         self._launch(items, now)
                         continue
@@ -221,10 +237,13 @@ class DynamicBatcher:
         delay = wake_at - self._clock()
         if delay <= 0:
             return
+        # A timer that sets the wake-up event, rather than asyncio.wait_for: wait_for wraps the
+        # wait in a new task every time, and this runs once per batch under load.
+        timer = asyncio.get_running_loop().call_later(delay, self._wakeup.set)
         try:
-            await asyncio.wait_for(self._wakeup.wait(), delay)
-        except asyncio.TimeoutError:
-            pass  # something is due; the loop works out what
+            await self._wakeup.wait()
+        finally:
+            timer.cancel()
 
     def _expire(self, now: float) -> None:
         expired = self._queue.pop_expired(now)
@@ -240,6 +259,7 @@ class DynamicBatcher:
             self._queue.remove(item)
         self._observer.queue_depth(len(self._queue))
         rows = sum(item.rows for item in items)
+        self._last_batch_requests = len(items)
         self._observer.batch_started(rows, [now - item.enqueued_at for item in items])
         task = asyncio.get_running_loop().create_task(self._run_batch(items, rows))
         self._running[task] = items

@@ -9,7 +9,13 @@ one place:
    overtakes a request that is waiting for room.
 2. A full batch (``max_batch_size`` rows) goes at once; so does the largest prefix whose rows
    are one of ``preferred_batch_sizes``.
-3. Otherwise the batch waits until ``max_queue_delay_s`` has passed since the oldest queued
+3. A lone request that arrived to an idle batcher (nothing queued, nothing executing, and the
+   previous execution held one request) goes at once when nothing is executing now either
+   (``dispatch_when_idle``, an attnserve addition to Triton's rule): no other request is in
+   the server to join it, so the delay below could only add latency. A closed-loop client with
+   one request in flight never waits; under load the batcher is never idle, and after a batch
+   of several the next arrival waits for its batch-mates, so this rule does not fire.
+4. Otherwise the batch waits until ``max_queue_delay_s`` has passed since the oldest queued
    request arrived (or the batcher is draining), then goes with whatever it has.
 """
 
@@ -21,9 +27,12 @@ from service.batching.request import Pending
 
 
 def next_batch(
-    queue: PendingQueue, policy: BatchingPolicy, now: float, *, draining: bool
+    queue: PendingQueue, policy: BatchingPolicy, now: float, *, draining: bool, idle: bool = False
 ) -> tuple[list[Pending], float | None]:
-    """Return (requests to execute now, None) or ([], the time the batch becomes due)."""
+    """Return (requests to execute now, None) or ([], the time the batch becomes due).
+
+    ``idle``: no execution of this model is in flight (rule 3).
+    """
     # A cancelled caller's request is still queued until its own task runs its cleanup; it
     # must never be computed, so it is invisible here.
     candidates = (item for item in queue if not item.future.done())
@@ -52,6 +61,9 @@ def next_batch(
     preferred = [count for count, total in enumerate(totals, 1) if total in preferred_sizes]
     if preferred:
         return chosen[: preferred[-1]], None
+
+    if idle and policy.dispatch_when_idle and len(chosen) == 1 and head.arrived_idle and len(queue) == 1:
+        return chosen, None
 
     oldest = queue.oldest_enqueued_at()
     due = (head.enqueued_at if oldest is None else oldest) + policy.max_queue_delay_s

@@ -28,6 +28,9 @@ class Pending:
     deadline: float | None  # absolute, on the batcher's clock
     enqueued_at: float
     future: asyncio.Future[Outputs]
+    # True when it arrived plainly alone: nothing else queued or executing, and the previous
+    # execution held one request (DynamicBatcher._idle_for_one; policy dispatch_when_idle).
+    arrived_idle: bool = False
     queued: bool = True  # False once taken into a batch, expired, cancelled or aborted
 
     # The caller may have gone away (cancelled future) or the request may already have been

@@ -59,19 +59,7 @@ def test_encoder_new_phrases_accuracy(
     assert recorded["held_out"]["new_phrases"]["phrases"] == len(new)
 
 
-@pytest.mark.parametrize(
-    "split",
-    [
-        "new_phrases",
-        # A known miss of the shipped weights (issue 6 stays open): on phrases of unseen words
-        # the n-gram Naive Bayes of the same run is slightly ahead. Strict, so this turns into a
-        # failure to update the moment retrained weights get ahead.
-        pytest.param(
-            "unseen_words",
-            marks=pytest.mark.xfail(strict=True, reason="encoder 96.4% vs NB 96.6%"),
-        ),
-    ],
-)
+@pytest.mark.parametrize("split", ["new_phrases", "unseen_words"])
 def test_encoder_against_the_naive_bayes_baseline(
     split: str,
     encoder_predictions: dict[str, np.ndarray],

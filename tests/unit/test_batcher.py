@@ -51,8 +51,9 @@ async def test_unbatchable_requests_are_invalid_input(inputs: dict, message: str
     await h.batcher.stop(5)
 
 
+# Triton's delay rule on its own: dispatch_when_idle off, so a lone first request waits too.
 async def test_waits_for_more_rows_within_the_delay_and_dispatches_a_full_batch_at_once() -> None:
-    h = Harness(BatchingPolicy(max_batch_size=4, max_queue_delay_s=600))
+    h = Harness(BatchingPolicy(max_batch_size=4, max_queue_delay_s=600, dispatch_when_idle=False))
     a = await h.submit_and_settle(rows(1, 0))
     assert h.observer.started == []  # 1 of 4 rows and the delay has not passed: it waits
     b = h.submit(rows(3, 10))
@@ -62,13 +63,56 @@ async def test_waits_for_more_rows_within_the_delay_and_dispatches_a_full_batch_
 
 
 async def test_preferred_batch_size_dispatches_at_once() -> None:
-    h = Harness(BatchingPolicy(max_batch_size=8, preferred_batch_sizes=(4,), max_queue_delay_s=600))
+    policy = BatchingPolicy(
+        max_batch_size=8, preferred_batch_sizes=(4,), max_queue_delay_s=600, dispatch_when_idle=False
+    )
+    h = Harness(policy)
     a = await h.submit_and_settle(rows(2, 0))
     assert h.observer.started == []
     b = h.submit(rows(2, 10))
     await asyncio.gather(a, b)
     assert h.model.batch_rows == [4]
     await h.batcher.stop(5)
+
+
+async def test_a_lone_request_to_an_idle_batcher_runs_without_waiting_for_the_delay() -> None:
+    h = Harness(BatchingPolicy(max_batch_size=4, max_queue_delay_s=600))
+    a = rows(1, 0)
+    # The timeout only turns a wait for the 600 s delay into a failure instead of a hang.
+    assert_outputs(await asyncio.wait_for(h.submit(a), 10), a)
+    assert h.model.batch_rows == [1]
+    await h.batcher.stop(5)
+
+
+async def test_a_request_that_arrived_while_another_ran_still_waits_for_the_delay() -> None:
+    h = Harness(BatchingPolicy(max_batch_size=4, max_queue_delay_s=600), held=True)
+    first = h.submit(rows(1, 0))  # idle batcher: runs at once, then held
+    await h.model.started.get()
+    second = h.submit(rows(1, 10))  # arrives while the first executes
+    await h.settle(1)
+    h.model.release()
+    await first
+    # The scheduler looks again once the first batch has finished (it reads the clock to).
+    await h.clock.read_after(h.observer.finished_stamps[0])
+    # Alone in the queue with nothing executing now, but it did not arrive to an idle
+    # batcher: other traffic is in flight, so Triton's delay rule applies. stop() drains it.
+    assert len(h.observer.started) == 1  # batch_started is reported as a batch is launched
+    await h.batcher.stop(5)
+    await second
+    assert h.model.batch_rows == [1, 1]
+
+
+async def test_after_a_batch_of_several_a_lone_arrival_waits_for_its_batch_mates() -> None:
+    h = Harness(BatchingPolicy(max_batch_size=4, max_queue_delay_s=600))
+    await asyncio.gather(h.submit(rows(2, 0)), h.submit(rows(2, 10)))  # one full batch of two
+    assert len(h.observer.started) == 1
+    # A burst was just answered: its callers are about to come back, so the first of them
+    # waits for the others rather than running alone.
+    late = await h.submit_and_settle(rows(1, 20))
+    assert len(h.observer.started) == 1
+    await h.batcher.stop(5)
+    await late
+    assert h.model.batch_rows == [4, 1]
 
 
 async def test_largest_preferred_prefix_goes_first() -> None:

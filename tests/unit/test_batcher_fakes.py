@@ -52,6 +52,7 @@ class RecordingObserver:
         self.rejections: list[str] = []
         self.started: list[tuple[int, list[float]]] = []
         self.finished: list[tuple[int, int, bool]] = []
+        self.finished_stamps: list[int] = []  # the stamp at each batch_finished
         self._stamp = stamp
         self._depth_waiters: list[tuple[int, asyncio.Future[int]]] = []
 
@@ -76,6 +77,7 @@ class RecordingObserver:
 
     def batch_finished(self, rows: int, requests: int, ok: bool) -> None:
         self.finished.append((rows, requests, ok))
+        self.finished_stamps.append(self._stamp())
 
 
 class SignallingClock:

@@ -153,3 +153,17 @@ def test_input_limits_for_unknown_inputs_are_load_errors(tmp_path):
     text = ENCODER + 'parameters { key: "attnserve.input_limits" value { string_value: "{\\"nope\\":{}}" } }\n'
     with pytest.raises(ModelLoadError, match="unknown inputs"):
         to_spec(read_config(write(tmp_path, text)))
+
+
+@pytest.mark.parametrize("value, expected", [(None, True), ("false", False), (" TRUE ", True)])
+def test_dispatch_when_idle_parameter_reaches_the_policy(tmp_path, value, expected):
+    text = ENCODER
+    if value is not None:
+        text += f'parameters {{ key: "attnserve.dispatch_when_idle" value {{ string_value: "{value}" }} }}\n'
+    assert to_spec(read_config(write(tmp_path, text))).policy.dispatch_when_idle is expected
+
+
+def test_dispatch_when_idle_must_be_true_or_false(tmp_path):
+    text = ENCODER + 'parameters { key: "attnserve.dispatch_when_idle" value { string_value: "yes" } }\n'
+    with pytest.raises(ModelLoadError, match="dispatch_when_idle must be 'true' or 'false'"):
+        to_spec(read_config(write(tmp_path, text)))
