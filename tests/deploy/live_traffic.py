@@ -35,6 +35,7 @@ from tests.integration.support import (
     infer_inputs,
     message_of,
     sample_inputs,
+    wait_for_the_delay,
     status_of,
 )
 
@@ -49,6 +50,7 @@ CONVERGENCE = ("attnserve_requests_total", "attnserve_rejections_total", "attnse
 def hold_one(config: mc.ModelConfig) -> None:
     db = config.dynamic_batching
     db.max_queue_delay_microseconds = HOLD_US
+    wait_for_the_delay(config)
     del db.preferred_batch_size[:]
     db.preferred_batch_size.append(2)
     db.default_queue_policy.max_queue_size = 1

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from service.model_config import ModelSpec, read_config, to_spec
+from service.proto.inference import model_config_pb2 as mc
 
 SAGAN, SECNN, ENCODER = "sagan_generator", "se_cnn_classifier", "transformer_encoder"
 MODELS = (SAGAN, SECNN, ENCODER)
@@ -178,3 +179,13 @@ async def wait_until_async(condition: Callable[[], Any], timeout: float = 30.0, 
     while not (value := _check(condition, deadline, timeout, what)):
         await asyncio.sleep(POLL_S)
     return value
+
+
+def wait_for_the_delay(config: mc.ModelConfig) -> None:
+    """Triton's batching rule exactly: a lone request waits ``max_queue_delay`` too.
+
+    attnserve otherwise runs a request that arrives to an idle model at once
+    (``attnserve.dispatch_when_idle``), so a test that holds requests in the queue with a long
+    delay turns that off.
+    """
+    config.parameters["attnserve.dispatch_when_idle"].string_value = "false"

@@ -34,6 +34,7 @@ from tests.integration.support import (
     spec_of,
     status_of,
     wait_until_async,
+    wait_for_the_delay,
 )
 
 BATCH = 4  # the preferred batch size of the held models
@@ -43,6 +44,7 @@ def _hold(preferred: tuple[int, ...] = (BATCH,), max_queue_size: int = 0) -> Cal
     def edit(config: mc.ModelConfig) -> None:
         db = config.dynamic_batching
         db.max_queue_delay_microseconds = HOLD_US
+        wait_for_the_delay(config)
         del db.preferred_batch_size[:]
         db.preferred_batch_size.extend(preferred)
         db.default_queue_policy.max_queue_size = max_queue_size

@@ -36,6 +36,7 @@ from tests.integration.support import (
     sample_inputs,
     status_of,
     wait_until_async,
+    wait_for_the_delay,
 )
 
 DRAINING = "draining: refusing new requests"
@@ -44,6 +45,7 @@ DRAINING = "draining: refusing new requests"
 def _hold_queue(config: mc.ModelConfig) -> None:
     """Requests wait in the queue (no preferred size, a delay of minutes) until a drain."""
     config.dynamic_batching.max_queue_delay_microseconds = HOLD_US
+    wait_for_the_delay(config)
     del config.dynamic_batching.preferred_batch_size[:]
 
 

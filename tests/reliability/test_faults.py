@@ -143,6 +143,7 @@ max_batch_size: {max_batch_size}
 input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }} ]
 output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }} ]
 dynamic_batching {{ {sizes} max_queue_delay_microseconds: {delay_us} }}
+parameters {{ key: "attnserve.dispatch_when_idle" value {{ string_value: "{'false' if delay_us else 'true'}" }} }}
 instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 model_warmup [ {{
   name: "rows" batch_size: {warmup_rows}

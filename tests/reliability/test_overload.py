@@ -27,7 +27,7 @@ from service.proto.inference import grpc_service_pb2 as pb
 from service.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from service.proto.inference import model_config_pb2 as mc
 from tests.conftest import ServerProcess
-from tests.integration.support import HOLD_US, SAGAN, SECNN, sample_inputs, wait_until
+from tests.integration.support import HOLD_US, SAGAN, SECNN, sample_inputs, wait_for_the_delay, wait_until
 from tests.reliability.support import percentile, rss_bytes
 
 ROWS = 8  # rows per request (a preferred batch size of the generator)
@@ -203,6 +203,7 @@ async def test_overload_30s(start_server, make_repository, model_repository, ref
 # -- a bound on concurrent RPCs ---------------------------------------------------------------------
 def _hold(config: mc.ModelConfig) -> None:
     config.dynamic_batching.max_queue_delay_microseconds = HOLD_US
+    wait_for_the_delay(config)
     del config.dynamic_batching.preferred_batch_size[:]
 
 
