@@ -31,6 +31,8 @@ from export.repository_writer import (
 
 LABELS_FILE = "labels.txt"
 TOKENIZER_FILE = "tokenizer.json"
+# The encoder's attnserve.max_padding_ratio (see service/batching/policy.py).
+MAX_PADDING_RATIO = "0.25"
 
 
 def _json(value: object) -> str:
@@ -286,6 +288,9 @@ class EncoderSpec(ModelSpec):
         }
         params = {
             "attnserve.pad_inputs": "input_ids:0,attention_mask:0",
+            # Every padded token is computed and thrown away (attention more than linearly):
+            # batches keep their padding within a quarter of their real tokens.
+            "attnserve.max_padding_ratio": MAX_PADDING_RATIO,
             "attnserve.tokenizer": TOKENIZER_FILE,
             "attnserve.input_limits": _json(limits),
         }

@@ -26,6 +26,7 @@ ONNX_BACKENDS = ("onnxruntime",)
 PAD_INPUTS_PARAM = "attnserve.pad_inputs"
 LIMITS_PARAM = "attnserve.input_limits"
 DISPATCH_WHEN_IDLE_PARAM = "attnserve.dispatch_when_idle"
+MAX_PADDING_PARAM = "attnserve.max_padding_ratio"
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ def _policy(
         if pad_values else {},
         max_concurrent_batches=instances,
         dispatch_when_idle=_flag(parameters, DISPATCH_WHEN_IDLE_PARAM, default=True, where=where),
+        max_padding_ratio=_ratio(parameters, MAX_PADDING_PARAM, where=where) if pad_values else None,
     )
     try:
         return _build_policy(config, common)
@@ -217,6 +219,19 @@ def _flag(parameters: Mapping[str, str], key: str, *, default: bool, where: str)
     if value not in ("true", "false"):
         raise ModelLoadError(f"{where}: parameter {key} must be 'true' or 'false', got {raw!r}")
     return value == "true"
+
+
+def _ratio(parameters: Mapping[str, str], key: str, *, where: str) -> float | None:
+    raw = parameters.get(key)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ModelLoadError(f"{where}: parameter {key} must be a number >= 0, got {raw!r}")
+    return value
 
 
 def _pad_values(text: str, inputs: tuple[TensorSpec, ...], where: str) -> dict[str, float]:

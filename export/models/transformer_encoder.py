@@ -29,7 +29,8 @@ PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 BYTE_OFFSET = 4
 BYTE_VOCAB_SIZE = BYTE_OFFSET + 256
 
-# Placeholder language codes for the default 10-class head (language identification).
+# The ten languages the shipped weights identify (ISO 639-1), in the order of the head's
+# classes: export/weights/transformer_encoder.md; export/train/langid_data.LANGUAGES must match.
 DEFAULT_LABELS = ("en", "de", "fr", "es", "it", "nl", "pt", "pl", "sv", "tr")
 
 

@@ -25,6 +25,7 @@ from service.batching.observer import BatchObserver, Execute, NullObserver
 from service.batching.policy import BatchingPolicy
 from service.batching.queue import PendingQueue
 from service.batching.request import Outputs, Pending, describe
+from service.batching.timer import PreciseTimer
 from service.errors import (
     AttnServeError,
     DeadlineExceeded,
@@ -60,6 +61,7 @@ class DynamicBatcher:
         self._running: dict[asyncio.Task[None], list[Pending]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._timer: PreciseTimer | None = None  # started with the scheduler
         # Requests in the most recent execution; 1 before the first, so a quiet start counts
         # as one-at-a-time traffic (see _idle_for_one).
         self._last_batch_requests = 1
@@ -72,9 +74,9 @@ class DynamicBatcher:
         """Spawn the scheduler task on the running loop."""
         if self._task is not None:
             raise RuntimeError(f"batcher for model '{self.name}' was already started")
-        self._task = asyncio.get_running_loop().create_task(
-            self._schedule(), name=f"batcher[{self.name}]"
-        )
+        loop = asyncio.get_running_loop()
+        self._timer = PreciseTimer(loop, name=f"batch-timer-{self.name}")
+        self._task = loop.create_task(self._schedule(), name=f"batcher[{self.name}]")
 
     # ---- callers -----------------------------------------------------------------------------
 
@@ -229,6 +231,9 @@ class DynamicBatcher:
             for item in self._queue.remove_all():
                 item.fail(error)
             self._observer.queue_depth(0)
+        finally:
+            if self._timer is not None:
+                self._timer.close()
 
     async def _sleep_until(self, wake_at: float | None) -> None:
         if wake_at is None:
@@ -237,13 +242,15 @@ class DynamicBatcher:
         delay = wake_at - self._clock()
         if delay <= 0:
             return
-        # A timer that sets the wake-up event, rather than asyncio.wait_for: wait_for wraps the
-        # wait in a new task every time, and this runs once per batch under load.
-        timer = asyncio.get_running_loop().call_later(delay, self._wakeup.set)
+        # A timer that sets the wake-up event. Not asyncio.wait_for (a new task every time, and
+        # this runs once per batch under load) nor loop.call_later (rounded up to whole
+        # milliseconds, which turned a 500 us batching delay into 1-1.5 ms): see timer.py.
+        assert self._timer is not None
+        handle = self._timer.call_later(delay, self._wakeup.set)
         try:
             await self._wakeup.wait()
         finally:
-            timer.cancel()
+            self._timer.cancel(handle)
 
     def _expire(self, now: float) -> None:
         expired = self._queue.pop_expired(now)

@@ -7,6 +7,9 @@ one place:
    only requests of the same shape group, in queue order, while their rows fit in
    ``max_batch_size``. It stops at the first same-group request that does not fit, so nothing
    overtakes a request that is waiting for room.
+   With ``max_padding_ratio`` set (padded inputs), a request whose length would push the
+   batch's padding past that bound is passed over, not a stop: it waits for a batch of
+   requests nearer its own length, and it heads one once it is the oldest.
 2. A full batch (``max_batch_size`` rows) goes at once; so does the largest prefix whose rows
    are one of ``preferred_batch_sizes``.
 3. A lone request that arrived to an idle batcher (nothing queued, nothing executing, and the
@@ -45,6 +48,7 @@ def next_batch(
     limit = policy.max_batch_size
     chosen = [head]
     totals = [head.rows]  # totals[i] = rows of chosen[: i + 1]
+    padding = _PaddingBudget(head, policy.max_padding_ratio)
     for item in candidates:
         if totals[-1] == limit:
             break
@@ -52,6 +56,8 @@ def next_batch(
             continue  # different shapes wait for a batch of their own
         if totals[-1] + item.rows > limit:
             break
+        if not padding.admits(item):
+            continue  # too long or too short for this batch: it waits for one nearer its length
         chosen.append(item)
         totals.append(totals[-1] + item.rows)
     if totals[-1] == limit:
@@ -70,3 +76,24 @@ def next_batch(
     if draining or now >= due:
         return chosen, None
     return [], due
+
+
+class _PaddingBudget:
+    """Tracks a batch's real and padded sizes (rows x length) as requests join it."""
+
+    def __init__(self, head: Pending, ratio: float | None) -> None:
+        self._ratio = ratio
+        self._rows = head.rows
+        self._longest = head.length or 0
+        self._real = head.rows * (head.length or 0)
+
+    def admits(self, item: Pending) -> bool:
+        if self._ratio is None or item.length is None:
+            return True
+        rows = self._rows + item.rows
+        longest = max(self._longest, item.length)
+        real = self._real + item.rows * item.length
+        if rows * longest > (1.0 + self._ratio) * real:
+            return False
+        self._rows, self._longest, self._real = rows, longest, real
+        return True

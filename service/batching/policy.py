@@ -47,6 +47,12 @@ class BatchingPolicy:
     # so waiting could only add latency. Under load the batcher is never empty and the delay
     # rule applies unchanged. Config parameter attnserve.dispatch_when_idle (default true).
     dispatch_when_idle: bool = True
+    # Padded batches only: a request joins a batch only while the batch's padded size (rows x
+    # longest length) stays within (1 + max_padding_ratio) x the rows' real lengths. Padding is
+    # computed and thrown away; on CPU a batch of ragged sequences padded to the longest ran
+    # fewer rows/s than batches of two (bench/results/encoder_benchmark*). None: no bound
+    # (Triton's behaviour). Config parameter attnserve.max_padding_ratio.
+    max_padding_ratio: float | None = None
 
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise through object.__setattr__. The mappings are copied so
@@ -93,6 +99,8 @@ class BatchingPolicy:
                 f"default_priority must be in 1..{self.priority_levels}, "
                 f"got {self.default_priority}"
             )
+        if self.max_padding_ratio is not None and self.max_padding_ratio < 0:
+            raise ValueError(f"max_padding_ratio must be >= 0, got {self.max_padding_ratio}")
         if self.max_concurrent_batches < 1:
             raise ValueError(
                 f"max_concurrent_batches must be >= 1, got {self.max_concurrent_batches}"

@@ -167,3 +167,34 @@ def test_sequence_lengths_stay_within_the_model_limit(model_repository: Path) ->
     own = [r["input_ids"].shape[1] for r in requests]
     assert batch["input_ids"].shape == (4, max(own)) == batch["attention_mask"].shape
     assert batch["attention_mask"].sum(axis=1).tolist() == own
+
+
+def test_profile_summary_counts_threads_and_functions(tmp_path: Path) -> None:
+    """py-spy's collapsed stacks (``frame;frame count``) become per-thread and per-function
+    shares: a function counts once per sample however deep it recurses."""
+    from bench.profile import markdown, summarise
+
+    loop = "_run_module_as_main (<frozen runpy>:198);BaseEventLoop.run_forever (asyncio/base_events.py:607)"
+    worker = "Thread._bootstrap (threading.py:1002);OrtRunner._execute (service/runtime/runner.py:140)"
+    stacks = tmp_path / "s.stacks.txt"
+    stacks.write_text(
+        f"{loop};Handle._run (asyncio/events.py:80) 30\n"
+        f"{loop};decode_request (service/codec/v2.py:38);decode_request (service/codec/v2.py:53) 10\n"
+        f"{worker};Session.run (onnxruntime/capi/onnxruntime_inference_collection.py:395) 60\n"
+        "not a stack line\n"
+    )
+    summary = summarise(stacks)
+    assert summary.samples == 100
+    assert dict(summary.threads) == {
+        "onnxruntime executor (session.run and its bookkeeping)": 60,
+        "asyncio event loop (gRPC, codecs, batcher)": 40,
+    }
+    own = dict(summary.self_time)
+    assert own["Session.run (onnxruntime_inference_collection.py)"] == 60
+    assert own["Handle._run (events.py)"] == 30
+    assert own["decode_request (v2.py)"] == 10
+    total = dict(summary.total_time)
+    assert total["decode_request (v2.py)"] == 10  # recursion is not double-counted
+    assert total["BaseEventLoop.run_forever (base_events.py)"] == 40
+    text = markdown(summary, "t")
+    assert "| onnxruntime executor (session.run and its bookkeeping) | 60.0% |" in text

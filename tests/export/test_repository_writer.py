@@ -147,6 +147,7 @@ def test_exported_configs_match_the_contract(exported_repo: Path) -> None:
     limits = json.loads(params.pop("attnserve.input_limits"))
     assert params == {
         "attnserve.pad_inputs": "input_ids:0,attention_mask:0",
+        "attnserve.max_padding_ratio": "0.25",
         "attnserve.labels": "labels.txt",
         "attnserve.tokenizer": "tokenizer.json",
     }

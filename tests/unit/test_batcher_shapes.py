@@ -103,6 +103,44 @@ async def test_different_lengths_share_a_batch_padded_to_the_longest() -> None:
     await batcher.stop(5)
 
 
+async def test_padding_bound_groups_requests_of_similar_length() -> None:
+    """With max_padding_ratio 0.5, a batch's rows x longest length stays within 1.5x its real
+    tokens: a length-100 request is passed over by a batch of short ones and heads its own,
+    with the other long one, once it is the oldest."""
+    from dataclasses import replace
+
+    policy = replace(ENCODER_POLICY, preferred_batch_sizes=(), max_padding_ratio=0.5)
+    h = Harness(policy, held=True)
+    blocker = h.submit(_sequence(9, 4))  # runs at once (idle), then held
+    await h.model.started.get()
+    lengths = [10, 100, 12, 9, 90, 11]
+    tasks = [h.submit(_sequence(i + 1, n)) for i, n in enumerate(lengths)]
+    await h.settle(len(lengths))
+    h.model.release()
+    await h.batcher.stop(5)  # drains: no waiting for the 600 s delay
+    results = await asyncio.gather(blocker, *tasks)
+    shapes = [batch["input_ids"].shape for batch in h.model.batches[1:]]
+    # 10, 12, 9, 11 together (4 x 12 = 48 <= 1.5 x 42); then 100 and 90 (2 x 100 <= 1.5 x 190).
+    assert shapes == [(4, 12), (2, 100)]
+    for (i, n), result in zip(enumerate(lengths), results[1:]):
+        # Each caller still gets its own rows (the fake's outputs are not cut back).
+        np.testing.assert_array_equal(result["input_ids_out"][:, :n], _sequence(i + 1, n)["input_ids"] * 2 + 1)
+
+
+async def test_without_a_padding_bound_the_longest_request_pads_the_whole_batch() -> None:
+    from dataclasses import replace
+
+    h = Harness(replace(ENCODER_POLICY, preferred_batch_sizes=()), held=True)
+    blocker = h.submit(_sequence(9, 4))
+    await h.model.started.get()
+    tasks = [h.submit(_sequence(i + 1, n)) for i, n in enumerate([10, 100, 12])]
+    await h.settle(3)
+    h.model.release()
+    await h.batcher.stop(5)
+    await asyncio.gather(blocker, *tasks)
+    assert [batch["input_ids"].shape for batch in h.model.batches[1:]] == [(3, 100)]
+
+
 async def test_pad_value_is_the_configured_one() -> None:
     seen: list[np.ndarray] = []
 

@@ -41,7 +41,7 @@ parameters { key: "attnserve.pad_inputs" value { string_value: "input_ids:0,atte
 
 def write(tmp_path: Path, text: str, folder: str = "enc") -> Path:
     d = tmp_path / folder
-    d.mkdir()
+    d.mkdir(parents=True)
     (d / "config.pbtxt").write_text(text)
     return d
 
@@ -166,4 +166,17 @@ def test_dispatch_when_idle_parameter_reaches_the_policy(tmp_path, value, expect
 def test_dispatch_when_idle_must_be_true_or_false(tmp_path):
     text = ENCODER + 'parameters { key: "attnserve.dispatch_when_idle" value { string_value: "yes" } }\n'
     with pytest.raises(ModelLoadError, match="dispatch_when_idle must be 'true' or 'false'"):
+        to_spec(read_config(write(tmp_path, text)))
+
+
+def test_max_padding_ratio_reaches_the_policy_of_a_padded_model(tmp_path):
+    text = ENCODER + 'parameters { key: "attnserve.max_padding_ratio" value { string_value: "0.5" } }\n'
+    assert to_spec(read_config(write(tmp_path / "a", text))).policy.max_padding_ratio == 0.5
+    assert to_spec(read_config(write(tmp_path / "b", ENCODER))).policy.max_padding_ratio is None
+
+
+@pytest.mark.parametrize("value", ["-1", "lots", "nan", "inf"])
+def test_max_padding_ratio_must_be_a_number_at_least_zero(tmp_path, value):
+    text = ENCODER + f'parameters {{ key: "attnserve.max_padding_ratio" value {{ string_value: "{value}" }} }}\n'
+    with pytest.raises(ModelLoadError, match="max_padding_ratio must be a number >= 0"):
         to_spec(read_config(write(tmp_path, text)))
