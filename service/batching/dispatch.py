@@ -68,7 +68,7 @@ def next_batch(
     if preferred:
         return chosen[: preferred[-1]], None
 
-    if idle and policy.dispatch_when_idle and len(chosen) == 1 and head.arrived_idle and len(queue) == 1:
+    if idle and policy.dispatch_when_idle and head.arrived_idle and len(queue) == 1:
         return chosen, None
 
     oldest = queue.oldest_enqueued_at()
