@@ -8,6 +8,7 @@ plain frozen dataclasses; no layer below this one touches protobuf.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
@@ -228,8 +229,8 @@ def _ratio(parameters: Mapping[str, str], key: str, *, where: str) -> float | No
     try:
         value = float(raw)
     except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
+        value = math.nan
+    if not 0 <= value < math.inf:  # also refuses nan
         raise ModelLoadError(f"{where}: parameter {key} must be a number >= 0, got {raw!r}")
     return value
 

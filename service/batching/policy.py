@@ -42,10 +42,11 @@ class BatchingPolicy:
     variable_output_axes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     # instance_group count: executions allowed in flight at once.
     max_concurrent_batches: int = 1
-    # A request that finds the batcher empty (nothing queued, nothing executing) runs at once
-    # instead of waiting max_queue_delay_s: no other request is in the server to share its batch,
-    # so waiting could only add latency. Under load the batcher is never empty and the delay
-    # rule applies unchanged. Config parameter attnserve.dispatch_when_idle (default true).
+    # A request that finds the batcher empty (nothing queued, nothing executing, the previous
+    # execution a single request) runs at once instead of waiting max_queue_delay_s: no other
+    # request is in the server to share its batch, so waiting could only add latency. Under load
+    # the batcher is never empty and the delay rule applies unchanged (dispatch.py, rule 3).
+    # Config parameter attnserve.dispatch_when_idle (default true).
     dispatch_when_idle: bool = True
     # Padded batches only: a request joins a batch only while the batch's padded size (rows x
     # longest length) stays within (1 + max_padding_ratio) x the rows' real lengths. Padding is
