@@ -23,12 +23,13 @@ _COMPACT_AT = 256  # cancelled entries tolerated in the heap before it is rebuil
 
 
 class TimerHandle:
-    __slots__ = ("when", "callback", "cancelled")
+    __slots__ = ("when", "callback", "cancelled", "in_heap")
 
     def __init__(self, when: float, callback: Callable[[], object]) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        self.in_heap = True  # guarded by the timer's condition
 
 
 class PreciseTimer:
@@ -58,9 +59,13 @@ class PreciseTimer:
             return
         handle.cancelled = True
         with self._condition:
+            if not handle.in_heap:  # already fired (the usual case) or dropped by close()
+                return
             self._cancelled += 1
             if self._cancelled > _COMPACT_AT and self._cancelled > len(self._heap) // 2:
-                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                for entry in self._heap:
+                    entry[2].in_heap = not entry[2].cancelled
+                self._heap = [entry for entry in self._heap if entry[2].in_heap]
                 heapq.heapify(self._heap)
                 self._cancelled = 0
 
@@ -68,6 +73,8 @@ class PreciseTimer:
         """Stop the thread; pending callbacks never run. Idempotent."""
         with self._condition:
             self._closed = True
+            for entry in self._heap:
+                entry[2].in_heap = False
             self._heap.clear()
             self._condition.notify()
         if threading.current_thread() is not self._thread:
@@ -77,8 +84,8 @@ class PreciseTimer:
         with self._condition:
             while not self._closed:
                 while self._heap and self._heap[0][2].cancelled:
-                    heapq.heappop(self._heap)
-                    self._cancelled = max(0, self._cancelled - 1)
+                    heapq.heappop(self._heap)[2].in_heap = False
+                    self._cancelled -= 1
                 if not self._heap:
                     self._condition.wait()
                     continue
@@ -87,6 +94,7 @@ class PreciseTimer:
                     self._condition.wait(remaining)
                     continue
                 _, _, handle = heapq.heappop(self._heap)
+                handle.in_heap = False
                 try:
                     self._loop.call_soon_threadsafe(self._fire, handle)
                 except RuntimeError:  # the loop is closed: nobody is left to call back
