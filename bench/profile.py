@@ -46,8 +46,8 @@ def start(pid: int, out: Path, name: str, log_dir: Path) -> Profiler | None:
     for fmt, path in (("flamegraph", profiler.svg), ("raw", profiler.stacks)):
         command = [binary, "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--nonblocking"]
         command += ["--format", fmt, "-o", str(path)]
-        log = open(log_dir / f"py-spy-{fmt}.log", "w")  # noqa: SIM115 - owned by the child
-        profiler.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log))
+        with open(log_dir / f"py-spy-{fmt}.log", "w") as log:  # the child keeps its own copy
+            profiler.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log))
     return profiler
 
 
