@@ -50,7 +50,8 @@ class PreciseTimer:
             if self._closed:
                 raise RuntimeError("timer is closed")
             heapq.heappush(self._heap, (handle.when, next(self._order), handle))
-            self._condition.notify()
+            if self._heap[0][2] is handle:  # a new earliest deadline: the thread sleeps too long
+                self._condition.notify()
         return handle
 
     def cancel(self, handle: TimerHandle) -> None:
