@@ -272,8 +272,8 @@ class DynamicBatcher:
         self._running[task] = items
         task.add_done_callback(self._batch_done)
 
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
+    def _batch_done(self, task: asyncio.Task[None] | None) -> None:
+        self._running.pop(task, None)  # type: ignore[arg-type]
         self._wakeup.set()  # a slot is free
 
     async def _run_batch(self, items: list[Pending], rows: int) -> None:
@@ -281,6 +281,10 @@ class DynamicBatcher:
         try:
             inputs = gather_inputs(items, self.policy)
             outputs = await self._execute(inputs)
+            # The execution is over: leave _running before answering, so a caller who submits
+            # again as soon as it has its answer (before _batch_done's callback runs) finds the
+            # model idle, as it is, and is not made to wait the batching delay.
+            self._batch_done(asyncio.current_task())
             results = split_outputs(outputs, items, self.policy, self.name)
             for item, result in zip(items, results):
                 item.resolve(result)

@@ -84,6 +84,20 @@ async def test_a_lone_request_to_an_idle_batcher_runs_without_waiting_for_the_de
     await h.batcher.stop(5)
 
 
+async def test_a_caller_submitting_again_the_moment_it_is_answered_runs_without_waiting() -> None:
+    # An in-process closed loop: the next submit comes before any other callback runs, so it
+    # would see its own finished execution as still running if the batcher forgot it late.
+    h = Harness(BatchingPolicy(max_batch_size=4, max_queue_delay_s=600))
+    for i in range(3):
+        a = rows(1, 10 * i)
+        # Awaited in this task (not a new one), as a servicer does; the timeout only turns a
+        # wait for the 600 s delay into a failure instead of a hang.
+        async with asyncio.timeout(10):
+            assert_outputs(await h.batcher.submit(a), a)
+    assert h.model.batch_rows == [1, 1, 1]
+    await h.batcher.stop(5)
+
+
 async def test_a_request_that_arrived_while_another_ran_still_waits_for_the_delay() -> None:
     h = Harness(BatchingPolicy(max_batch_size=4, max_queue_delay_s=600), held=True)
     first = h.submit(rows(1, 0))  # idle batcher: runs at once, then held
