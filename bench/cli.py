@@ -21,8 +21,8 @@ from bench import perf_analyzer
 from bench.scenarios import SCENARIOS
 
 # Defaults of the timing flags, and what --quick puts in place of those not given.
-NORMAL = dict(duration=10.0, warmup=2.0, ceiling_seconds=3.0, concurrency=None, pa_interval=5000, pa_stability=10, pa_trials=6)
-QUICK = dict(duration=2.0, warmup=1.0, ceiling_seconds=1.0, concurrency=(1, 8, 32), pa_interval=1000, pa_stability=100, pa_trials=3)
+NORMAL = dict(duration=10.0, warmup=2.0, ceiling_seconds=3.0, reference_seconds=2.0, concurrency=None, pa_interval=5000, pa_stability=10, pa_trials=6)
+QUICK = dict(duration=2.0, warmup=1.0, ceiling_seconds=1.0, reference_seconds=0.5, concurrency=(1, 8, 32), pa_interval=1000, pa_stability=100, pa_trials=3)
 
 
 def _levels(text: str) -> tuple[int, ...]:
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--warmup", type=float, help="seconds per level before recording (default 2)")
     how.add_argument("--concurrency", type=_levels, help="override every sweep, e.g. 1,8,32")
     how.add_argument("--ceiling-seconds", type=float, help="seconds per batch size in-process (default 3)")
+    how.add_argument("--reference-seconds", type=float,
+                     help="in-process batch 1 measured before and after each c=1 level (default 2)")
     how.add_argument("--pa-interval", type=int, help="perf_analyzer --measurement-interval in ms (default 5000)")
     how.add_argument("--pa-stability", type=int, help="perf_analyzer --stability-percentage (default 10)")
     how.add_argument("--pa-trials", type=int, help="perf_analyzer --max-trials (default 6)")
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out.resolve(), cache=args.cache.resolve(), provider=resolve_provider(args.provider),
         duration_s=args.duration, warmup_s=args.warmup, concurrency=args.concurrency,
         drivers=tuple(args.drivers.split(",")) if args.drivers else None, pool=args.pool,
-        ceiling_s=args.ceiling_seconds, benchmark_max_batch=args.benchmark_max_batch_size,
+        ceiling_s=args.ceiling_seconds, reference_s=args.reference_seconds, benchmark_max_batch=args.benchmark_max_batch_size,
         perf=perf_analyzer.Settings(args.pa_interval, args.pa_stability, args.pa_trials, args.pa_mode),
         peer=not args.no_peer, profile=args.profile, rebuild=args.rebuild, note=args.note, seed=args.seed,
         server_flags=tuple(args.server_flag), soak_concurrency=args.soak_concurrency,

@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench import machine, perf_analyzer
+from bench.ceiling import Batch1Reference
 from bench.loadgen import LevelResult, Payload, run_level
 from bench.scenarios import Target
 from bench.server import REPO_ROOT, ManagedProcess
@@ -37,6 +38,7 @@ class Options:
     pool: int = 256
     check_requests: int = 8
     ceiling_s: float = 3.0
+    reference_s: float = 2.0  # in-process batch 1 before and after each c=1 level
     benchmark_max_batch: int = 16
     perf: perf_analyzer.Settings = field(default_factory=perf_analyzer.Settings)
     peer: bool = True
@@ -85,30 +87,51 @@ def short(level: LevelResult) -> str:
 
 # -- drivers -------------------------------------------------------------------------------------
 def sweep_loadgen(url: str, payloads: list[Payload], levels: tuple[int, ...], opts: Options,
-                  proc: ManagedProcess, progress: Progress, name: str) -> list[dict]:
+                  proc: ManagedProcess, progress: Progress, name: str,
+                  reference: Batch1Reference | None = None) -> list[dict]:
     out = []
     for concurrency in levels:
         progress.start(f"{name} c={concurrency}")
-        cpu0, t0 = proc.stats.cpu(), time.monotonic()
-        level = asyncio.run(run_level(url, payloads, concurrency, warmup_s=opts.warmup_s,
-                                      duration_s=opts.duration_s, on_tick=progress.tick))
-        server_cpu(level, proc, cpu0, t0)
+
+        def measure() -> LevelResult:
+            cpu0, t0 = proc.stats.cpu(), time.monotonic()
+            level = asyncio.run(run_level(url, payloads, concurrency, warmup_s=opts.warmup_s,
+                                          duration_s=opts.duration_s, on_tick=progress.tick))
+            server_cpu(level, proc, cpu0, t0)
+            return level
+
+        level = _bracketed(measure, concurrency, reference)
         out.append(level.to_dict())
         progress.done(short(level))
     return out
 
 
+def _bracketed(measure: Callable[[], LevelResult], concurrency: int, reference: Batch1Reference | None) -> LevelResult:
+    """The c=1 level measured between two in-process batch-1 samples (see Batch1Reference)."""
+    if reference is None or concurrency != 1:
+        return measure()
+    level, ref = reference.bracket(measure)
+    level.extra["inprocess_batch1"] = ref
+    return level
+
+
 def sweep_perf_analyzer(url: str, workload: Workload, samples: list[dict], levels: tuple[int, ...], opts: Options,
-                        proc: ManagedProcess, progress: Progress, work: Path) -> list[dict]:
+                        proc: ManagedProcess, progress: Progress, work: Path,
+                        reference: Batch1Reference | None = None) -> list[dict]:
     binary, env = perf_analyzer.locate()
     data = perf_analyzer.write_input_data(work / f"{workload.name}.input.json", samples)
     out = []
     for concurrency in levels:
         progress.start(f"perf_analyzer c={concurrency}")
-        cpu0, t0 = proc.stats.cpu(), time.monotonic()
-        level = perf_analyzer.run_level(binary, env, url, workload.name, concurrency, data,
-                                        work / f"perf_analyzer_c{concurrency}.csv", opts.perf)
-        server_cpu(level, proc, cpu0, t0)
+
+        def measure() -> LevelResult:
+            cpu0, t0 = proc.stats.cpu(), time.monotonic()
+            level = perf_analyzer.run_level(binary, env, url, workload.name, concurrency, data,
+                                            work / f"perf_analyzer_c{concurrency}.csv", opts.perf)
+            server_cpu(level, proc, cpu0, t0)
+            return level
+
+        level = _bracketed(measure, concurrency, reference)
         out.append(level.to_dict())
         progress.done(short(level))
     return out

@@ -62,6 +62,7 @@ def run_scenario(scenario: Scenario, opts: Options) -> dict:
         "settings": {
             "duration_s": opts.duration_s, "warmup_s": opts.warmup_s, "concurrency": list(levels),
             "request_pool": opts.pool, "ceiling_s_per_batch_size": opts.ceiling_s,
+            "c1_reference_s_before_and_after": opts.reference_s,
             "perf_analyzer": vars(opts.perf), "server_flags": list(opts.server_flags),
             "benchmark_max_batch_size": opts.benchmark_max_batch if scenario.base == "benchmark" else None,
         },
@@ -100,6 +101,11 @@ def _run(scenario: Scenario, opts: Options, levels, drivers, work: Path, results
     best = ceiling.best(points)
     results["ceiling"] = {"points": [p.to_dict() for p in points], "settings": settings,
                           "best": best.to_dict() if best else None}
+    # The c=1 levels are compared with batch 1 measured around them, not minutes earlier.
+    reference = ceiling.Batch1Reference(
+        workload, model_path, samples, provider=opts.provider, seconds=opts.reference_s,
+        intra_op_threads=_flag_int(opts.server_flags, "--intra-op-threads"),
+    )
 
     # The server.
     progress.start("server start")
@@ -123,7 +129,7 @@ def _run(scenario: Scenario, opts: Options, levels, drivers, work: Path, results
         for driver in [d for d in drivers if d != "peer"]:
             try:
                 levels_out = _drive(driver, scenario, server, workload, samples, v2_payloads, api_payloads,
-                                    levels, opts, progress, work, results)
+                                    levels, opts, progress, work, results, reference)
             except (perf_analyzer.Unavailable, RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 # One driver failing (perf_analyzer missing or never settling) leaves the others.
                 results["skipped"][driver] = f"{type(exc).__name__}: {exc}"
@@ -141,11 +147,12 @@ def _run(scenario: Scenario, opts: Options, levels, drivers, work: Path, results
         _run_peer(workload, model_path, samples, v2_payloads, levels, opts, work, results, progress)
 
 
-def _drive(driver, scenario, server, workload, samples, v2_payloads, api_payloads, levels, opts, progress, work, results):
+def _drive(driver, scenario, server, workload, samples, v2_payloads, api_payloads, levels, opts, progress, work, results,
+           reference=None):
     if driver == "loadgen":
         profiler = profile.start(server.pid, opts.out, scenario.name, work) if opts.profile else None
         try:
-            return sweep_loadgen(server.url, v2_payloads, levels, opts, server, progress, "loadgen")
+            return sweep_loadgen(server.url, v2_payloads, levels, opts, server, progress, "loadgen", reference)
         finally:
             profile.stop(profiler)
             summary = profile.write_summary(profiler, f"{scenario.name}, loadgen sweep {list(levels)}")
@@ -154,7 +161,7 @@ def _drive(driver, scenario, server, workload, samples, v2_payloads, api_payload
     if driver == "api":
         return sweep_loadgen(server.url, api_payloads, levels, opts, server, progress, "api")
     if driver == "perf_analyzer":
-        return sweep_perf_analyzer(server.url, workload, samples[:64], levels, opts, server, progress, work)
+        return sweep_perf_analyzer(server.url, workload, samples[:64], levels, opts, server, progress, work, reference)
     raise ValueError(f"unknown driver {driver!r}")
 
 

@@ -49,7 +49,7 @@ def smoke_run(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) 
     root = tmp_path_factory.mktemp("bench")
     done = _bench(
         "--scenario", "se_cnn_default", "--drivers", "loadgen,api", "--concurrency", "1,4",
-        "--duration", "0.5", "--warmup", "0.2", "--ceiling-seconds", "0.2", "--soak", "2",
+        "--duration", "0.5", "--warmup", "0.2", "--ceiling-seconds", "0.2", "--reference-seconds", "0.2", "--soak", "2",
         out=root / "results", cache=root / "cache", repository=model_repository,
     )
     return root / "results", done
@@ -86,6 +86,11 @@ def test_run_writes_json_markdown_and_plot(smoke_run) -> None:
         by_id.setdefault(row["id"], []).append(row)
     assert {t.id for t in SCENARIOS["se_cnn_default"].targets} == set(by_id)
     assert by_id["added_latency_c1"][0]["status"] in ("met", "missed")  # loadgen at c=1 ran
+    # ... against in-process batch 1 measured around that level, not only before the server.
+    around = results["drivers"]["loadgen"]["levels"][0]["extra"]["inprocess_batch1"]
+    assert around["runs"] >= 40 and around["before_p50_ms"] > 0 and around["after_p50_ms"] > 0
+    assert "around the level" in by_id["added_latency_c1"][0]["measured"]
+    assert "inprocess_batch1" not in results["drivers"]["api"]["levels"][0]["extra"]  # no target reads it
     assert by_id["rss_3_models"][0]["status"] in ("met", "missed")
 
     markdown = (out / "se_cnn_default.md").read_text()
@@ -106,6 +111,17 @@ def test_soak_samples_rss_and_reports_growth(smoke_run) -> None:
 
 
 # -- pure parts ----------------------------------------------------------------------------------
+def test_added_latency_prefers_batch_1_measured_around_the_level() -> None:
+    target = next(t for t in SCENARIOS["se_cnn_default"].targets if t.id == "added_latency_c1")
+    ceiling = {"points": [{"batch_size": 1, "p50_ms": 0.5}]}
+    around = {"concurrency": 1, "p50_ms": 2.0, "extra": {"inprocess_batch1": {"p50_ms": 1.5}}}
+    plain = {"concurrency": 1, "p50_ms": 2.0, "extra": {}}
+    results = {"ceiling": ceiling, "drivers": {"loadgen": {"levels": [around]}, "perf_analyzer": {"levels": [plain]}}}
+    by_driver = {row["source"]: row for row in target.evaluate(results)}
+    assert by_driver["loadgen"]["status"] == "met" and "+0.500 ms" in by_driver["loadgen"]["measured"]
+    assert by_driver["perf_analyzer"]["status"] == "missed" and "+1.500 ms" in by_driver["perf_analyzer"]["measured"]
+
+
 def test_perf_analyzer_csv_is_read_by_header(tmp_path: Path) -> None:
     path = tmp_path / "pa.csv"
     path.write_text(
