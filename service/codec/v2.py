@@ -180,9 +180,57 @@ def _int_param(p: pb.InferParameter, name: str) -> int:
 def encode_response(
     request: pb.ModelInferRequest, model_name: str, version: str, outputs: Mapping[str, np.ndarray], names: tuple[str, ...]
 ) -> pb.ModelInferResponse:
+    """The response as a message (ModelStreamInfer nests it); ModelInfer sends
+    :func:`encode_response_bytes` instead, the same bytes without the message copies."""
     response = pb.ModelInferResponse(model_name=model_name, model_version=version, id=request.id)
     for name in names:
         array = np.ascontiguousarray(outputs[name])
         response.outputs.add(name=name, datatype=NUMPY_TO_V2[array.dtype], shape=array.shape)
         response.raw_output_contents.append(array.tobytes())
     return response
+
+
+# ModelInferResponse.raw_output_contents: field 6, length-delimited (wire type 2).
+_RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])
+
+
+def encode_response_bytes(
+    request: pb.ModelInferRequest, model_name: str, version: str, outputs: Mapping[str, np.ndarray], names: tuple[str, ...]
+) -> bytes:
+    """The serialized ModelInferResponse, byte for byte what ``encode_response(...).SerializeToString()``
+    gives, with each output array copied once (into the result) instead of three times.
+
+    Building the message copies an array into a bytes object, then into the message, and
+    serializing copies it again. For SAGAN's 128x128 attention map (16 MiB per answer) that was
+    18.6 ms to build and 16.0 ms to serialize, against 1.3 ms for one copy. Here the small part
+    (names, shapes, datatypes) is a message serialized as usual, and field 6 is appended by
+    hand: message fields are written in field-number order and 6 is the last one, so the bytes
+    are identical.
+    """
+    header = pb.ModelInferResponse(model_name=model_name, model_version=version, id=request.id)
+    parts: list[bytes | memoryview] = [b""]
+    for name in names:
+        array = np.ascontiguousarray(outputs[name])
+        header.outputs.add(name=name, datatype=NUMPY_TO_V2[array.dtype], shape=array.shape)
+        parts += [_RAW_OUTPUT_TAG, _varint(array.nbytes), memoryview(array.reshape(-1)).cast("B")]
+    parts[0] = header.SerializeToString()
+    return b"".join(parts)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def serialize_infer_response(response: pb.ModelInferResponse | bytes) -> bytes:
+    """ModelInfer's gRPC response serializer: bytes from :func:`encode_response_bytes` pass as
+    they are; a message (an error path, a test double) is serialized as usual."""
+    if isinstance(response, bytes):
+        return response
+    return response.SerializeToString()

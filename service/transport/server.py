@@ -19,7 +19,6 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from service.proto import pool
 from service.proto.attnserve.v1 import attnserve_pb2_grpc as api_pb_grpc  # attnserve API (issue 4)
 from service.proto.inference import grpc_service_pb2 as pb
-from service.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from service.settings import Settings
 from service.transport.api import SERVICE_NAME as API_SERVICE  # attnserve API (issue 4)
 from service.transport.api import AttnServeServicer
@@ -27,6 +26,7 @@ from service.transport import auth  # issue 8
 from service.transport.interceptors import MalformedMessageGuard  # issue 8
 from service.transport.tls import bind  # issue 8
 from service.transport.inference import InferenceServicer
+from service.transport.inference import add_to_server as add_inference_service
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -55,7 +55,7 @@ def build_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
+    add_inference_service(inference, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if api is not None:  # attnserve API (issue 4)
         api_pb_grpc.add_AttnServeServicer_to_server(api, server)

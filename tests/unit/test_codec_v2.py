@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from service.batching.policy import BatchingPolicy
-from service.codec.v2 import decode_request, encode_response
+from service.codec.v2 import decode_request, encode_response, encode_response_bytes, serialize_infer_response
 from service.errors import InvalidInput
 from service.model_config import ModelSpec, TensorSpec
 from service.proto.inference import grpc_service_pb2 as pb
@@ -126,3 +126,32 @@ def test_declared_input_limits_refuse_out_of_range_values_and_long_dims():
         decode_request(req([0, 260]), spec, LIMIT)
     with pytest.raises(InvalidInput, match="at most \\[8\\]"):
         decode_request(req(list(range(9))), spec, LIMIT)
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        {"probabilities": np.linspace(0, 1, 10, dtype=np.float32).reshape(1, 10)},
+        # a transposed view (not C-ordered), int64 and bool, a 0-d and an empty array
+        {"ids": np.arange(6, dtype=np.int64).reshape(2, 3).T, "flag": np.array(True), "none": np.zeros((0, 4), np.float32)},
+        # 70,000 bytes: the length takes three varint bytes
+        {"attention": np.random.default_rng(0).standard_normal((1, 250, 70), dtype=np.float32)},
+    ],
+)
+def test_the_bytes_form_of_a_response_is_the_serialized_message(outputs: dict) -> None:
+    request = pb.ModelInferRequest(model_name="m", id="req-7")
+    names = tuple(outputs)
+    wire = encode_response_bytes(request, "m", "3", outputs, names)
+    assert wire == encode_response(request, "m", "3", outputs, names).SerializeToString()
+    parsed = pb.ModelInferResponse.FromString(wire)
+    for i, name in enumerate(names):
+        expected = np.ascontiguousarray(outputs[name])
+        assert parsed.outputs[i].name == name and list(parsed.outputs[i].shape) == list(expected.shape)
+        got = np.frombuffer(parsed.raw_output_contents[i], dtype=expected.dtype).reshape(expected.shape)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_the_response_serializer_passes_bytes_and_serializes_messages() -> None:
+    message = pb.ModelInferResponse(model_name="m", id="x")
+    assert serialize_infer_response(message) == message.SerializeToString()
+    assert serialize_infer_response(b"\x0a\x01m") == b"\x0a\x01m"
