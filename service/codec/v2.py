@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
+from google.protobuf.message import Message
 
 from service.dtypes import NUMPY_TO_V2, V2_TO_CONTENTS_FIELD, V2_TO_NUMPY
 from service.errors import InvalidInput
@@ -228,9 +229,19 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def serialize_infer_response(response: pb.ModelInferResponse | bytes) -> bytes:
-    """ModelInfer's gRPC response serializer: bytes from :func:`encode_response_bytes` pass as
-    they are; a message (an error path, a test double) is serialized as usual."""
+# ModelStreamInferResponse.infer_response: field 2, length-delimited.
+_STREAM_INFER_RESPONSE_TAG = bytes([(2 << 3) | 2])
+
+
+def stream_response_bytes(infer_response: bytes) -> bytes:
+    """The serialized ModelStreamInferResponse carrying the serialized ModelInferResponse
+    ``infer_response`` (from :func:`encode_response_bytes`): the same bytes as nesting the message."""
+    return b"".join((_STREAM_INFER_RESPONSE_TAG, _varint(len(infer_response)), infer_response))
+
+
+def serialize_response(response: Message | bytes) -> bytes:
+    """The gRPC response serializer of ModelInfer and ModelStreamInfer: bytes built above pass
+    as they are; a message (an error, a test double) is serialized as usual."""
     if isinstance(response, bytes):
         return response
     return response.SerializeToString()

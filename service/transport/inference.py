@@ -98,16 +98,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    ) -> AsyncIterator[pb.ModelStreamInferResponse | bytes]:
         """Each request of the stream is answered on its own as soon as it is computed, so one
         stream can fill a batch; a failed request gets an ``error_message`` and the stream goes on."""
-        responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        # Answers are serialized ModelStreamInferResponses (bytes), errors messages; see add_to_server.
+        responses: asyncio.Queue[pb.ModelStreamInferResponse | bytes | None] = asyncio.Queue()
         pending: set[asyncio.Task] = set()
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
-                result = await self._infer(request, deadline_of(context))
-                await responses.put(pb.ModelStreamInferResponse(infer_response=result))
+                result = await self._infer(request, deadline_of(context), encode=v2.encode_response_bytes)
+                await responses.put(v2.stream_response_bytes(result))
             except Exception as exc:
                 log_if_fault(exc, "ModelStreamInfer")
                 error = pb.ModelStreamInferResponse(error_message=status_for(exc)[1])
@@ -187,17 +188,18 @@ __all__ = ["InferenceServicer", "AttnServeError"]
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
-    """The generated registration, except that ModelInfer may answer with the serialized
-    response (:func:`service.codec.v2.encode_response_bytes`): its response serializer passes
-    bytes through and serializes a message as before."""
+    """The generated registration, except that ModelInfer and ModelStreamInfer may answer with
+    serialized responses (:func:`service.codec.v2.encode_response_bytes`): their response
+    serializer passes bytes through and serializes a message as before."""
     captured = _Registrations()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, captured)
     handlers = dict(captured.handlers)
-    infer = handlers["ModelInfer"]
+    infer, stream = handlers["ModelInfer"], handlers["ModelStreamInfer"]
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
-        infer.unary_unary,
-        request_deserializer=infer.request_deserializer,
-        response_serializer=v2.serialize_infer_response,
+        infer.unary_unary, request_deserializer=infer.request_deserializer, response_serializer=v2.serialize_response
+    )
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        stream.stream_stream, request_deserializer=stream.request_deserializer, response_serializer=v2.serialize_response
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(captured.name, handlers),))
     server.add_registered_method_handlers(captured.name, handlers)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from service.batching.policy import BatchingPolicy
-from service.codec.v2 import decode_request, encode_response, encode_response_bytes, serialize_infer_response
+from service.codec.v2 import decode_request, encode_response, encode_response_bytes, serialize_response, stream_response_bytes
 from service.errors import InvalidInput
 from service.model_config import ModelSpec, TensorSpec
 from service.proto.inference import grpc_service_pb2 as pb
@@ -153,5 +153,14 @@ def test_the_bytes_form_of_a_response_is_the_serialized_message(outputs: dict) -
 
 def test_the_response_serializer_passes_bytes_and_serializes_messages() -> None:
     message = pb.ModelInferResponse(model_name="m", id="x")
-    assert serialize_infer_response(message) == message.SerializeToString()
-    assert serialize_infer_response(b"\x0a\x01m") == b"\x0a\x01m"
+    assert serialize_response(message) == message.SerializeToString()
+    assert serialize_response(b"\x0a\x01m") == b"\x0a\x01m"
+
+
+@pytest.mark.parametrize("size", [0, 100, 70_000])
+def test_a_stream_answer_in_bytes_is_the_serialized_nested_message(size: int) -> None:
+    request = pb.ModelInferRequest(model_name="m", id="s-1")
+    outputs = {"x": np.arange(size // 4, dtype=np.float32)} if size else {}
+    inner = encode_response_bytes(request, "m", "1", outputs, tuple(outputs))
+    nested = pb.ModelStreamInferResponse(infer_response=encode_response(request, "m", "1", outputs, tuple(outputs)))
+    assert stream_response_bytes(inner) == nested.SerializeToString()
