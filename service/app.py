@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from service.dataplane import DataPlane
 from service.metrics import GpuSampler, Metrics, start_metrics_http
 from service.model_config import ModelSpec
+from service.model_control import ModelControl
 from service.repository import ModelRepository
 from service.runtime import OrtRunner, default_intra_op_threads, resolve_provider
 from service.settings import Settings, check_repository
@@ -45,6 +46,12 @@ class App:
             drain_timeout_s=settings.exit_timeout_s,
         )
         self.dataplane = DataPlane(self.repository)
+        self.model_control = ModelControl(  # issue 18: --model-control-mode
+            self.repository,
+            mode=settings.model_control_mode,
+            poll_interval_s=settings.repository_poll_s,
+            on_change=self.refresh_health,
+        )
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
@@ -70,7 +77,7 @@ class App:
         inference = InferenceServicer(
             self.dataplane,
             max_tensor_bytes=self.settings.effective_max_tensor_bytes,
-            on_repository_change=lambda _name: self.refresh_health(),
+            model_control=self.model_control,
         )
         api = AttnServeServicer(self.dataplane, api_limits(self.settings))  # attnserve API (issue 4)
         self._server, self.grpc_port = build_server(self.settings, inference, self.health, api)
@@ -82,10 +89,10 @@ class App:
                 self.metrics, self.settings.effective_metrics_host, self.settings.metrics_port
             )
             self.metrics_port = self._metrics_http.port
-        await self.repository.load_all(self.settings.load_models)
+        await self.model_control.start(self.settings.load_models)
         await self.refresh_health()
         ready = [f"{m.name}:{m.version}" for m in self.repository.ready_models()]
-        failed = [f"{r.name} ({r.reason})" for r in self.repository.index() if r.state != "READY"]
+        failed = [f"{r.name} ({r.reason})" for r in self.repository.index() if r.state not in ("READY", "UNLOADING") and r.reason]
         metrics = f"http://{self.settings.effective_metrics_host}:{self.metrics_port}/metrics" if self._metrics_http else "off"
         log.info(
             "attnserve ready: grpc=%s:%d metrics=%s provider=%s models=[%s] in %.1fs%s",
@@ -95,7 +102,7 @@ class App:
 
     async def refresh_health(self) -> None:
         ready = not self.dataplane.draining and bool(self.repository.ready_models())
-        models = [(r.name, r.state == "READY") for r in self.repository.index()]
+        models = self.repository.model_readiness()
         await set_health(self.health, ready=ready, models=models)
 
     async def stop(self) -> None:
@@ -106,6 +113,7 @@ class App:
         started = time.perf_counter()
         log.info("draining: refusing new requests, finishing accepted ones (up to %.0fs)", self.settings.exit_timeout_s)
         self.dataplane.start_draining()
+        await self.model_control.stop()  # no reload starts while the models drain
         await self.refresh_health()
         try:
             await asyncio.wait_for(self.repository.close(), self.settings.exit_timeout_s)

@@ -27,6 +27,10 @@ class ModelLoadError(AttnServeError):
     """Loading a model failed (bad config, missing or corrupt ONNX file, warm-up failure)."""
 
 
+class ModelControlDisabled(AttnServeError):
+    """A load/unload RPC while the model control mode (none, poll) does not allow it."""
+
+
 class InvalidInput(AttnServeError):
     """The request does not match the model: names, dtypes, shapes, byte counts, limits."""
 

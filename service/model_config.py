@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 
 from service.batching.policy import BatchingPolicy
 from service.dtypes import V2_TO_NUMPY, config_type_to_v2
-from service.errors import ModelLoadError
+from service.errors import InvalidInput, ModelLoadError
 from service.proto.inference import model_config_pb2 as mc
 
 CONFIG_FILE = "config.pbtxt"
@@ -101,6 +101,24 @@ def read_config(model_dir: Path) -> mc.ModelConfig:
         raise ModelLoadError(
             f"{path}: name {config.name!r} does not match its folder {model_dir.name!r}"
         )
+    return config
+
+
+def config_from_json(text: str, model_name: str) -> mc.ModelConfig:
+    """A RepositoryModelLoad ``config`` override: Triton's JSON form of ModelConfig.
+
+    Like Triton, the JSON is the whole config (it replaces config.pbtxt, it is not merged
+    into it). A missing name is the model's; another name is refused.
+    """
+    config = mc.ModelConfig()
+    try:
+        json_format.Parse(text, config)
+    except json_format.ParseError as exc:
+        raise InvalidInput(f"load parameter 'config' is not a JSON ModelConfig: {exc}") from exc
+    if not config.name:
+        config.name = model_name
+    elif config.name != model_name:
+        raise InvalidInput(f"load parameter 'config' names model {config.name!r}, not {model_name!r}")
     return config
 
 
@@ -262,12 +280,19 @@ def _warmup(w: mc.ModelWarmup, where: str) -> WarmupSample:
 
 
 def _version_policy(config: mc.ModelConfig) -> dict:
+    """Triton's ModelVersionPolicy: ``latest { num_versions: N }`` (the default, N = 1),
+    ``all {}``, or ``specific { versions: [...] }``."""
     vp = config.version_policy
     which = vp.WhichOneof("policy_choice")
     if which == "all":
         return {"version_policy": "all", "version_policy_values": ()}
     if which == "specific":
-        return {"version_policy": "specific", "version_policy_values": tuple(vp.specific.versions)}
+        versions = tuple(sorted(set(vp.specific.versions)))
+        if not versions or any(v < 0 for v in versions):
+            raise ModelLoadError(
+                f"model {config.name!r}: version_policy specific needs version numbers >= 0, got {list(vp.specific.versions)}"
+            )
+        return {"version_policy": "specific", "version_policy_values": versions}
     count = vp.latest.num_versions if which == "latest" else 1
     return {"version_policy": "latest", "version_policy_values": (max(count, 1),)}
 

@@ -19,6 +19,8 @@ from typing import Any, Mapping, Sequence
 ENV_PREFIX = "ATTNSERVE_"
 PROVIDERS = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Triton's model control modes (issue 18): see service/model_control.py.
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 MiB = 1024 * 1024
 
 
@@ -41,8 +43,13 @@ class Settings:
     device_id: int = 0
     # 0: share the machine's cores among the sessions of all instances (see runtime.runner).
     intra_op_threads: int = 0
-    # Empty: load every model in the repository at start.
+    # Empty (or "*"): load every model in the repository at start. Explicit mode only.
     load_models: tuple[str, ...] = ()
+    # -- model control (issue 18): none | poll | explicit, as Triton's --model-control-mode --------
+    # explicit (the default) keeps attnserve's behaviour before the flag existed: every model (or
+    # the --load-model ones) at start, and RepositoryModelLoad/Unload served.
+    model_control_mode: str = "explicit"
+    repository_poll_s: float = 15.0  # poll mode: seconds between scans (Triton's default)
     log_level: str = "INFO"
     # -- attnserve API limits (issue 4): per item, checked before any decoding work ------------
     api_max_image_bytes: int = 16 * MiB  # one encoded image
@@ -112,8 +119,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--intra-op-threads", dest="intra_op_threads", metavar="N")
     p.add_argument(
         "--load-model", dest="load_models", action="append", metavar="NAME",
-        help="load only these models at start (repeatable; default: all)",
+        help="load only these models at start (repeatable; default or '*': all; explicit mode only)",
     )
+    p.add_argument(
+        "--model-control-mode", dest="model_control_mode", type=str.lower, choices=MODEL_CONTROL_MODES,
+        help="none: load all at start, no load/unload RPCs; poll: also rescan the repository; "
+        "explicit (default): load/unload RPCs",
+    )
+    p.add_argument("--repository-poll-secs", dest="repository_poll_s", metavar="SECONDS", help="poll mode: seconds between scans (default 15)")
     p.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS)
     # attnserve API limits (issue 4)
     p.add_argument("--api-max-image-bytes", dest="api_max_image_bytes", metavar="N", help="encoded bytes per image")
@@ -201,8 +214,24 @@ def _validate(s: Settings) -> None:
         raise SettingsError("tls_client_ca needs TLS: set tls_cert and tls_key too")
     if s.auth_token_file is not None and s.auth_token:
         raise SettingsError("set the bearer token once: auth_token_file or ATTNSERVE_AUTH_TOKEN, not both")
+    _validate_model_control(s)
     if s.log_level.upper() not in LOG_LEVELS:
         raise SettingsError(f"log_level={s.log_level!r}: one of {', '.join(LOG_LEVELS)}")
+
+
+def _validate_model_control(s: Settings) -> None:
+    mode = s.model_control_mode.lower()
+    if mode not in MODEL_CONTROL_MODES:
+        raise SettingsError(f"model_control_mode={s.model_control_mode!r}: one of {', '.join(MODEL_CONTROL_MODES)}")
+    if not 0 < s.repository_poll_s <= 3600:
+        raise SettingsError(f"repository_poll_s={s.repository_poll_s}: must be in (0, 3600] seconds")
+    if "*" in s.load_models and len(s.load_models) > 1:
+        raise SettingsError("load_models: '*' (every model) must be the only --load-model")
+    if s.load_models and s.load_models != ("*",) and mode != "explicit":
+        raise SettingsError(
+            f"load_models={','.join(s.load_models)}: picking models at start needs --model-control-mode explicit "
+            f"(mode {mode!r} loads every model in the repository)"
+        )
 
 
 def _is_host(value: str) -> bool:

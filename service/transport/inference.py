@@ -18,6 +18,7 @@ from service import __version__
 from service.codec import v2
 from service.dataplane import DataPlane
 from service.errors import AttnServeError, InvalidInput, ModelNotFound
+from service.model_control import ModelControl
 from service.proto.inference import grpc_service_pb2 as pb
 from service.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from service.transport.observe import observed
@@ -38,11 +39,11 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, *, max_tensor_bytes: int, on_repository_change=None) -> None:
+    def __init__(self, dataplane: DataPlane, *, max_tensor_bytes: int, model_control: ModelControl) -> None:
         self._dataplane = dataplane
         self._repository = dataplane.repository
         self._max_tensor_bytes = max_tensor_bytes
-        self._on_repository_change = on_repository_change
+        self._model_control = model_control  # RepositoryModelLoad/Unload, as the mode allows
 
     # -- health and metadata ------------------------------------------------------------
     @grpc_errors
@@ -157,26 +158,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def RepositoryModelLoad(self, request, context):
         _check_repository_name(request.repository_name)
-        if request.parameters:
-            raise InvalidInput(
-                f"load parameters {sorted(request.parameters)} are not supported; edit the repository files instead"
-            )
-        try:
-            await self._repository.load(request.model_name)
-        finally:
-            await self._notify(request.model_name)
+        await self._model_control.load(request.model_name, _parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @grpc_errors
     async def RepositoryModelUnload(self, request, context):
         _check_repository_name(request.repository_name)
-        await self._repository.unload(request.model_name)
-        await self._notify(request.model_name)
+        await self._model_control.unload(request.model_name, _parameters(request.parameters))
         return pb.RepositoryModelUnloadResponse()
 
-    async def _notify(self, name: str) -> None:
-        if self._on_repository_change is not None:
-            await self._on_repository_change(name)
+
+def _parameters(parameters) -> dict[str, object]:
+    """ModelRepositoryParameter map -> plain values (bool, int, str or bytes)."""
+    return {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param") for key, value in parameters.items()}
 
 
 def _check_repository_name(name: str) -> None:

@@ -21,6 +21,7 @@ STATUS_BY_ERROR: dict[type[errors.AttnServeError], grpc.StatusCode] = {
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
     errors.ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ModelControlDisabled: grpc.StatusCode.UNAVAILABLE,  # Triton's code for the same refusal
     errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     errors.QueueFull: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
