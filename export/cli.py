@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--variant", choices=("default", "benchmark"), default="default")
     parser.add_argument(
+        "--version",
+        type=int,
+        metavar="N",
+        help="write the model as version N (<model>/N/model.onnx) beside the versions already "
+        "there; an existing config.pbtxt and side files are kept as they are (default: version 1, "
+        "config rewritten)",
+    )
+    parser.add_argument(
         "--max-batch-size",
         type=int,
         metavar="N",
@@ -108,6 +116,8 @@ def _resolve(args: argparse.Namespace) -> list[Planned]:
     models = list(dict.fromkeys(args.model)) or list(MODEL_NAMES)
     if args.max_batch_size is not None and args.max_batch_size < 1:
         raise UsageError("--max-batch-size must be >= 1")
+    if args.version is not None and args.version < 1:
+        raise UsageError("--version must be >= 1")
     checkpoints = _pairs(args.checkpoint, "--checkpoint", models)
     config_files = _pairs(args.config, "--config", models)
     for name, path in checkpoints.items():
@@ -187,7 +197,8 @@ def _export_all(args: argparse.Namespace, plan: list[Planned]) -> int:
                     bar.update(1)  # the previous step finished
 
             result = export_model(
-                SPECS[name], config, model, args.model_repository, args.max_batch_size, step
+                SPECS[name], config, model, args.model_repository, args.max_batch_size, step,
+                version=args.version or 1, keep_config=args.version is not None,
             )
             bar.update(1)
             tqdm.write(format_parity_table(name, result.rows), file=sys.stdout)

@@ -72,8 +72,12 @@ def export_model(
     repository: Path,
     max_batch_size: int | None = None,
     on_step: Callable[[str], None] = lambda step: None,
+    *,
+    version: int = 1,
+    keep_config: bool = False,
 ) -> ExportResult:
-    """Export ``model`` (built by ``load_weights``) into ``repository``.
+    """Export ``model`` (built by ``load_weights``) into ``repository`` as ``version``;
+    ``keep_config`` leaves an existing config.pbtxt and side files untouched (see write_model).
 
     Raises ParityError (with the table) when ONNX Runtime disagrees with PyTorch.
     """
@@ -105,5 +109,7 @@ def export_model(
             spec.config_spec(config, max_batch_size),
             onnx_path,
             spec.side_files(config),
+            version=version,
+            keep_config=keep_config,
         )
     return ExportResult(spec.name, model_dir, rows, time.perf_counter() - start)

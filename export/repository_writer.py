@@ -200,21 +200,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def write_model(
-    repository: Path,
-    spec: ModelConfigSpec,
-    onnx_file: Path,
-    side_files: Mapping[str, str | bytes] | None = None,
-    version: int = 1,
-) -> Path:
-    """Place one model in ``repository``; returns the model folder.
-
-    The ONNX file and side files land before ``config.pbtxt``, so a config never names
-    files that are not there yet.
-    """
-    model_dir = Path(repository) / spec.name
-    version_dir = model_dir / str(version)
-    version_dir.mkdir(parents=True, exist_ok=True)
+def _replace_model_file(version_dir: Path, onnx_file: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=version_dir, prefix=".model.onnx.", suffix=".tmp")
     os.close(fd)
     try:
@@ -224,6 +210,53 @@ def write_model(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _new_version_folder(version_dir: Path, onnx_file: Path) -> None:
+    version_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=version_dir.parent, prefix=f".{version_dir.name}.", suffix=".tmp"))
+    try:
+        shutil.copyfile(onnx_file, staging / "model.onnx")
+        os.chmod(staging / "model.onnx", _readable_mode())
+        os.chmod(staging, _dir_mode())
+        os.rename(staging, version_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _dir_mode() -> int:
+    """0o777 less the process umask: what mkdir would give (mkdtemp gives 0o700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def write_model(
+    repository: Path,
+    spec: ModelConfigSpec,
+    onnx_file: Path,
+    side_files: Mapping[str, str | bytes] | None = None,
+    version: int = 1,
+    keep_config: bool = False,
+) -> Path:
+    """Place one model in ``repository``; returns the model folder.
+
+    The ONNX file and side files land before ``config.pbtxt``, so a config never names
+    files that are not there yet. The version folder is filled before it gets its name
+    (written as a hidden folder, then renamed), so a server polling the repository sees
+    either no new version or a whole one. With ``keep_config`` an existing config.pbtxt and
+    side files are left as they are (an operator's version_policy or batching edits stay);
+    they are written only when the model folder has no config.pbtxt yet.
+    """
+    model_dir = Path(repository) / spec.name
+    version_dir = model_dir / str(version)
+    if version_dir.is_dir():
+        _replace_model_file(version_dir, onnx_file)
+    else:
+        _new_version_folder(version_dir, onnx_file)
+    if keep_config and (model_dir / "config.pbtxt").is_file():
+        return model_dir
     for name, content in (side_files or {}).items():
         if Path(name).name != name:
             raise ValueError(f"side file {name!r} must be a plain file name")

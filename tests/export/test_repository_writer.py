@@ -101,6 +101,28 @@ def test_every_field_round_trips(tmp_path: Path) -> None:
     }
 
 
+def test_a_second_version_keeps_the_first_and_an_edited_config(tmp_path: Path) -> None:
+    """``attnserve export --version 2``: version 1 stays, the operator's config.pbtxt (here a
+    version_policy added by hand) and side files are kept, the new folder appears whole."""
+    spec = ModelConfigSpec("m", 4, (TensorConfig("x", "TYPE_FP32", (2,)),), (TensorConfig("y", "TYPE_FP32", (2,)),),
+                           preferred_batch_sizes=(4,))
+    first, second = tmp_path / "1.onnx", tmp_path / "2.onnx"
+    first.write_bytes(b"one")
+    second.write_bytes(b"two")
+    model_dir = write_model(tmp_path / "repo", spec, first, {"labels.txt": "a\n"})
+    edited = (model_dir / "config.pbtxt").read_text() + "version_policy { all {} }\n"
+    (model_dir / "config.pbtxt").write_text(edited)
+    write_model(tmp_path / "repo", spec, second, {"labels.txt": "changed\n"}, version=2, keep_config=True)
+    assert (model_dir / "1" / "model.onnx").read_bytes() == b"one"
+    assert (model_dir / "2" / "model.onnx").read_bytes() == b"two"
+    assert (model_dir / "config.pbtxt").read_text() == edited
+    assert (model_dir / "labels.txt").read_text() == "a\n"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2", "config.pbtxt", "labels.txt"]  # no staging left
+    # Without keep_config (a plain export), the config is rewritten from the spec.
+    write_model(tmp_path / "repo", spec, second, version=2)
+    assert "version_policy" not in (model_dir / "config.pbtxt").read_text()
+
+
 def test_side_file_names_stay_in_the_model_folder(tmp_path: Path) -> None:
     spec = ModelConfigSpec("m", 1, (), (), preferred_batch_sizes=(1,))
     onnx_file = tmp_path / "m.onnx"
