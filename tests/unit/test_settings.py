@@ -55,3 +55,27 @@ def test_unknown_flag_exits_like_argparse():
 
 def test_ipv6_host_is_bracketed_in_the_address():
     assert Settings(host="::1", grpc_port=5).grpc_address == "[::1]:5"
+
+
+def test_model_control_mode_and_poll_interval():
+    default = Settings.from_sources([], {})
+    assert (default.model_control_mode, default.repository_poll_s) == ("explicit", 15.0)  # Triton's 15 s
+    s = Settings.from_sources(["--model-control-mode", "POLL", "--repository-poll-secs", "0.5"], {})
+    assert (s.model_control_mode, s.repository_poll_s) == ("poll", 0.5)
+    assert Settings.from_sources([], {"ATTNSERVE_MODEL_CONTROL_MODE": "none"}).model_control_mode == "none"
+    assert Settings.from_sources(["--load-model", "*"], {}).load_models == ("*",)
+
+
+@pytest.mark.parametrize(
+    "argv, env, fragment",
+    [
+        ([], {"ATTNSERVE_MODEL_CONTROL_MODE": "sometimes"}, "model_control_mode"),
+        (["--repository-poll-secs", "0"], {}, "repository_poll_s"),
+        (["--model-control-mode", "none", "--load-model", "a"], {}, "explicit"),
+        (["--model-control-mode", "poll", "--load-model", "a"], {}, "explicit"),
+        (["--load-model", "*", "--load-model", "a"], {}, r"'\*'"),
+    ],
+)
+def test_bad_model_control_settings_are_refused(argv, env, fragment):
+    with pytest.raises(SettingsError, match=fragment):
+        Settings.from_sources(argv, env)
