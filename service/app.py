@@ -17,6 +17,7 @@ from pathlib import Path
 from grpc_health.v1 import health
 from prometheus_client import CollectorRegistry
 
+from service import eventloop
 from service.dataplane import DataPlane
 from service.metrics import GpuSampler, Metrics, start_metrics_http
 from service.model_config import ModelSpec
@@ -142,5 +143,5 @@ def run(settings: Settings) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(App(settings).serve_forever())
+    eventloop.run(App(settings).serve_forever(), settings.event_loop)
     return 0

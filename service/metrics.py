@@ -159,6 +159,7 @@ class ModelMetrics:
         self._rejections = {reason: metrics.rejections.labels(*labels, reason) for reason in REJECTION_REASONS}
         # (surface, code) pairs seen, so remove_series can find the request series again.
         self._request_labels: set[tuple[str, str]] = set()
+        self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
     # -- batcher --------------------------------------------------------------------------
@@ -195,10 +196,18 @@ class ModelMetrics:
     # -- transport ------------------------------------------------------------------------
     def request_done(self, surface: str, code: str, duration_s: float) -> None:
         """One request answered on ``surface`` ("v2" or "api") with gRPC status name ``code``."""
-        with self._lock:
-            self._request_labels.add((surface, code))
-        self._m.requests.labels(*self._labels, surface, code).inc()
-        self._m.request_duration.labels(*self._labels, surface).observe(duration_s)
+        # The labelled children are looked up once per (surface, code): labels() takes a lock
+        # and builds a tuple on every call, and this runs for every request.
+        children = self._request_children.get((surface, code))
+        if children is None:
+            with self._lock:
+                self._request_labels.add((surface, code))
+            children = self._request_children[(surface, code)] = (
+                self._m.requests.labels(*self._labels, surface, code),
+                self._m.request_duration.labels(*self._labels, surface),
+            )
+        children[0].inc()
+        children[1].observe(duration_s)
         self.statistics.request_done(surface, code, duration_s)
 
     def inflight(self, delta: int) -> None:
@@ -216,6 +225,7 @@ class ModelMetrics:
         with self._lock:
             seen = sorted(self._request_labels)
             self._request_labels.clear()
+            self._request_children.clear()
         for surface, code in seen:
             m.requests.remove(*labels, surface, code)
         for surface in {s for s, _ in seen}:

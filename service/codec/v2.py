@@ -69,7 +69,7 @@ def _decode_tensor(
     name = tensor.name
     if tensor.datatype != expected.datatype:
         raise InvalidInput(f"input {name!r} has datatype {tensor.datatype or '(empty)'}, expected {expected.datatype}")
-    shape = tuple(int(d) for d in tensor.shape)
+    shape = tuple(tensor.shape)  # a repeated int64 field: already ints
     _check_shape(name, shape, expected, spec)
     dtype = V2_TO_NUMPY[expected.datatype]
     count = math.prod(shape)
@@ -97,13 +97,12 @@ def _decode_tensor(
 
 def _check_shape(name: str, shape: tuple[int, ...], expected: TensorSpec, spec: ModelSpec) -> None:
     batched = spec.max_batch_size > 0
-    want = (("batch",) if batched else ()) + tuple("-1" if d == -1 else str(d) for d in expected.dims)
-    if len(shape) != len(want) or any(d < 0 for d in shape):
-        raise InvalidInput(f"input {name!r} has shape {list(shape)}, expected [{', '.join(want)}]")
+    if len(shape) != len(expected.dims) + batched or (shape and min(shape) < 0):
+        raise _wrong_shape(name, shape, expected, batched)
     dims = shape[1:] if batched else shape
     for axis, (have, need) in enumerate(zip(dims, expected.dims)):
         if need != -1 and have != need:
-            raise InvalidInput(f"input {name!r} has shape {list(shape)}, expected [{', '.join(want)}]")
+            raise _wrong_shape(name, shape, expected, batched)
         if need == -1 and have == 0:
             raise InvalidInput(f"input {name!r} has an empty variable dim {axis + int(batched)}")
     if batched:
@@ -113,6 +112,12 @@ def _check_shape(name: str, shape: tuple[int, ...], expected: TensorSpec, spec: 
             raise InvalidInput(
                 f"input {name!r} has batch size {shape[0]}, above max_batch_size {spec.max_batch_size}"
             )
+
+
+def _wrong_shape(name: str, shape: tuple[int, ...], expected: TensorSpec, batched: bool) -> InvalidInput:
+    # Built only on the error path: formatting the expected shape costs more than the check.
+    want = (("batch",) if batched else ()) + tuple("-1" if d == -1 else str(d) for d in expected.dims)
+    return InvalidInput(f"input {name!r} has shape {list(shape)}, expected [{', '.join(want)}]")
 
 
 def _check_limits(array: np.ndarray, expected: TensorSpec, spec: ModelSpec) -> np.ndarray:

@@ -100,7 +100,7 @@ class AttnServeServicer(pb_grpc.AttnServeServicer):
     # -- decode -> infer -> encode -------------------------------------------------------
     async def _classify(self, request: pb.ClassifyRequest, deadline: float | None) -> pb.ClassifyResponse:
         model = self._dataplane.model(request.model or api.DEFAULT_CLASSIFIER, request.version)
-        async with observed(model, SURFACE):
+        with observed(model, SURFACE):
             assets = self._assets.get(model)
             plan = api.plan_classify(request, model.spec, assets, self._limits)
             images = await asyncio.to_thread(decode_images, list(request.images), plan.preprocess, self._limits.images)
@@ -109,7 +109,7 @@ class AttnServeServicer(pb_grpc.AttnServeServicer):
 
     async def _generate(self, request: pb.GenerateRequest, deadline: float | None) -> pb.GenerateResponse:
         model = self._dataplane.model(request.model or api.DEFAULT_GENERATOR, request.version)
-        async with observed(model, SURFACE):
+        with observed(model, SURFACE):
             assets = self._assets.get(model)
             plan = latent.plan_generate(request, model.spec, assets, self._limits, self._seeds)
             outputs = await self._infer_rows(model, latent.generator_inputs(plan), deadline)
@@ -117,7 +117,7 @@ class AttnServeServicer(pb_grpc.AttnServeServicer):
 
     async def _encode(self, request: pb.EncodeRequest, deadline: float | None) -> pb.EncodeResponse:
         model = self._dataplane.model(request.model or api.DEFAULT_ENCODER, request.version)
-        async with observed(model, SURFACE):
+        with observed(model, SURFACE):
             assets = self._assets.get(model)
             plan = api.plan_encode(request, model.spec, assets, self._limits)
             tokens = api.tokens_of(request, plan)

@@ -139,7 +139,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None, *, encode=v2.encode_response):
         """One request through the data plane; ``encode`` gives the message or its bytes."""
         model = self._dataplane.model(request.model_name, request.model_version)
-        async with observed(model, SURFACE):
+        with observed(model, SURFACE):
             decoded = v2.decode_request(request, model.spec, self._max_tensor_bytes)
             outputs = await self._dataplane.infer(
                 model, decoded.inputs, deadline=deadline, timeout_s=decoded.timeout_s, priority=decoded.priority
