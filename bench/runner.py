@@ -8,9 +8,12 @@
 4. checks: a few requests compared with in-process ORT; the attnserve API answered;
 5. the drivers sweep the concurrency levels (the load generator, its API surface,
    perf_analyzer), py-spy recording the server during the load generator's sweep if asked;
-6. the server stops; the peer (MLServer) starts on the same ONNX file, is checked the same
-   way and driven by the same load generator with the same requests;
-7. the targets are evaluated and the results written (JSON, Markdown, PNG).
+6. the server stops; the transport floor (bench/floor.py: a grpc.aio server answering the
+   real server's answer bytes without doing anything) is driven by the same load generator
+   at c=1 and at the top level;
+7. the peer (MLServer) starts on the same ONNX file, is checked the same way and driven by
+   the same load generator with the same requests;
+8. the targets are evaluated and the results written (JSON, Markdown, PNG).
 
 The soak (``--soak``) is bench/soak.py; the options, drivers and bookkeeping both use are in
 bench/drivers.py.
@@ -23,9 +26,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 
-from bench import ceiling, machine, perf_analyzer, profile, repos
+from bench import ceiling, floor, machine, perf_analyzer, profile, repos
 from bench.check import CheckFailed, verify_api, verify_v2
 from bench.drivers import (
     Options,
@@ -68,7 +72,8 @@ def run_scenario(scenario: Scenario, opts: Options) -> dict:
         },
         "drivers": {}, "skipped": {}, "checks": {},
     }
-    steps = 2 + len(ceiling.batch_sizes(64)) + len(levels) * len(drivers) + ("peer" in drivers)
+    steps = 2 + len(ceiling.batch_sizes(64)) + len([d for d in drivers if d != "floor"]) * len(levels) + ("peer" in drivers)
+    steps += len(floor_levels(levels)) + 1 if "floor" in drivers else 0
     progress = Progress(scenario.name, steps)
     with recording_failure(results, progress):  # a broken scenario is reported, and --all goes on
         _run(scenario, opts, levels, drivers, work, results, progress)
@@ -126,7 +131,7 @@ def _run(scenario: Scenario, opts: Options, levels, drivers, work: Path, results
                 drivers.remove("api")
                 progress.bar.total -= len(levels)
         progress.done()
-        for driver in [d for d in drivers if d != "peer"]:
+        for driver in [d for d in drivers if d not in ("peer", "floor")]:
             try:
                 levels_out = _drive(driver, scenario, server, workload, samples, v2_payloads, api_payloads,
                                     levels, opts, progress, work, results, reference)
@@ -135,6 +140,13 @@ def _run(scenario: Scenario, opts: Options, levels, drivers, work: Path, results
                 results["skipped"][driver] = f"{type(exc).__name__}: {exc}"
                 continue
             results["drivers"][driver] = {"label": DRIVER_LABELS[driver], "levels": levels_out}
+        answer = work / "floor.answer"
+        if "floor" in drivers:  # what the floor server will answer: this server's real answer
+            try:
+                answer.write_bytes(floor.capture_answer(server.url, v2_payloads[0]))
+            except grpc.RpcError as exc:
+                results["skipped"]["floor"] = f"no answer to copy: {exc.code().name} {exc.details()}"
+                drivers.remove("floor")
     finally:
         server.stop()
         results.setdefault("server", {})["rss"] = server.stats.summary()
@@ -143,6 +155,8 @@ def _run(scenario: Scenario, opts: Options, levels, drivers, work: Path, results
         if server.proc and server.proc.returncode not in (0, None):
             results["server"]["log_tail"] = server.tail()
 
+    if "floor" in drivers:
+        _run_floor(answer, v2_payloads, floor_levels(levels), opts, work, results, progress)
     if "peer" in drivers:
         _run_peer(workload, model_path, samples, v2_payloads, levels, opts, work, results, progress)
 
@@ -163,6 +177,26 @@ def _drive(driver, scenario, server, workload, samples, v2_payloads, api_payload
     if driver == "perf_analyzer":
         return sweep_perf_analyzer(server.url, workload, samples[:64], levels, opts, server, progress, work, reference)
     raise ValueError(f"unknown driver {driver!r}")
+
+
+def floor_levels(levels: tuple[int, ...]) -> tuple[int, ...]:
+    """c=1 (the added-latency target's level) and the top level (the throughput one)."""
+    return tuple(sorted({min(levels), max(levels)}))
+
+
+def _run_floor(answer: Path, payloads, levels, opts, work, results, progress) -> None:
+    progress.start("floor start")
+    server = floor.FloorServer(answer, work / "floor.log").start()
+    try:
+        server.wait_ready()
+        progress.done()
+        levels_out = sweep_loadgen(server.url, payloads, levels, opts, server, progress, "floor")
+        results["drivers"]["floor"] = {"label": DRIVER_LABELS["floor"], "levels": levels_out}
+        results["floor"] = {"answer_bytes": answer.stat().st_size, "levels": list(levels)}
+    except Exception as exc:  # the floor is context for the targets, never a reason to fail the run
+        results["skipped"]["floor"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        server.stop()
 
 
 def _run_peer(workload, model_path, samples, payloads, levels, opts, work, results, progress) -> None:

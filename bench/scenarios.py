@@ -7,7 +7,9 @@ config edit (dynamic batching off, two instances), the concurrency sweep, and th
 - ``loadgen``: bench/loadgen.py over the v2 surface (ModelInfer);
 - ``api``: bench/loadgen.py over the attnserve API (Classify / Encode / Generate);
 - ``perf_analyzer``: Triton's perf_analyzer over gRPC (v2);
-- ``peer``: MLServer with adaptive batching on the same ONNX file, driven by bench/loadgen.py.
+- ``peer``: MLServer with adaptive batching on the same ONNX file, driven by bench/loadgen.py;
+- ``floor``: bench/floor.py, a grpc.aio server that answers the real answer's bytes and does
+  nothing else, driven by bench/loadgen.py at c=1 and the top level: the transport's share.
 
 Targets are evaluated from the results of the same run (ratios, never absolute times across
 runs, except where the issue names an absolute figure for this class of machine).
@@ -28,6 +30,7 @@ DRIVER_LABELS = {
     "api": "attnserve, bench/loadgen.py (attnserve API)",
     "perf_analyzer": "attnserve, perf_analyzer (v2 gRPC)",
     "peer": "MLServer adaptive batching, bench/loadgen.py (v2 ModelInfer)",
+    "floor": "transport floor: grpc.aio answering fixed bytes, no work (bench/floor.py), bench/loadgen.py",
 }
 
 
@@ -94,6 +97,10 @@ class AddedLatency(Target):
             reference, where = (around["p50_ms"], "around the level") if around else (single["p50_ms"], "ceiling")
             added = level["p50_ms"] - reference
             measured = f"{added:+.3f} ms (p50 {level['p50_ms']:.3f} ms vs in-process {reference:.3f} ms, {where})"
+            floor = _level(results, "floor", self.concurrency)
+            if floor and floor.get("p50_ms") is not None:
+                # A server doing no work adds its whole round trip: the transport's share.
+                measured += f"; transport floor {floor['p50_ms']:.3f} ms"
             rows.append(_row(self, "met" if added <= self.maximum_ms else "missed", measured, driver))
         return rows
 
@@ -177,7 +184,7 @@ class Scenario:
     model: str
     serve_models: tuple[str, ...]
     concurrency: tuple[int, ...] = SWEEP
-    drivers: tuple[str, ...] = ("loadgen", "perf_analyzer")
+    drivers: tuple[str, ...] = ("loadgen", "perf_analyzer", "floor")
     edit: Edit | None = None
     edit_label: str = "as exported"
     targets: tuple[Target, ...] = field(default_factory=tuple)
@@ -204,15 +211,15 @@ TWO = dict(edit=instances(2), edit_label="instance_group count 2")
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     _default("se_cnn_default", SECNN, "SE-CNN default (1x28x28), three default models loaded",
-             drivers=("loadgen", "perf_analyzer", "api", "peer"), targets=(ADDED_1MS, SECNN_2000, PEER_5X, RSS_500)),
+             drivers=("loadgen", "perf_analyzer", "api", "floor", "peer"), targets=(ADDED_1MS, SECNN_2000, PEER_5X, RSS_500)),
     _default("se_cnn_default_nobatch", SECNN, "SE-CNN default, dynamic batching off", targets=(ADDED_1MS,), **NOBATCH),
     _default("se_cnn_default_2inst", SECNN, "SE-CNN default, two instances", targets=(ADDED_1MS,), **TWO),
     _default("encoder_default", ENCODER, "Transformer encoder default, ragged token sequences",
-             drivers=("loadgen", "perf_analyzer", "api"), targets=(ADDED_1MS, RSS_500)),
+             drivers=("loadgen", "perf_analyzer", "api", "floor"), targets=(ADDED_1MS, RSS_500)),
     _default("sagan_default", SAGAN, "SAGAN generator default (32x32)",
-             drivers=("loadgen", "perf_analyzer", "api"), targets=(ADDED_1MS, RSS_500)),
+             drivers=("loadgen", "perf_analyzer", "api", "floor"), targets=(ADDED_1MS, RSS_500)),
     _bench("se_cnn_benchmark", SECNN, "SE-CNN benchmark config (3x128x128)",
-           drivers=("loadgen", "perf_analyzer", "peer"), targets=(CEILING_85, ADDED_1MS, PEER_5X)),
+           drivers=("loadgen", "perf_analyzer", "floor", "peer"), targets=(CEILING_85, ADDED_1MS, PEER_5X)),
     _bench("se_cnn_benchmark_nobatch", SECNN, "SE-CNN benchmark config, dynamic batching off",
            targets=(ADDED_1MS,), **NOBATCH),
     _bench("se_cnn_benchmark_2inst", SECNN, "SE-CNN benchmark config, two instances", targets=(ADDED_1MS,), **TWO),
