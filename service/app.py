@@ -2,13 +2,15 @@
 
 Everything is built here and injected downwards; no module below reads settings or globals.
 Lifecycle: start (load + warm up models, then bind and report ready), serve until SIGTERM or
-SIGINT, then drain: readiness turns false, new requests get UNAVAILABLE, everything already
-accepted finishes within the exit timeout, and the process exits.
+SIGINT, then drain: readiness turns false (serving on for the quiet period, if one is set), new
+requests get UNAVAILABLE, everything already accepted finishes within the exit timeout, and the
+process exits (see App.stop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -30,6 +32,14 @@ from service.transport.inference import InferenceServicer
 from service.transport.server import build_server, set_health
 
 log = logging.getLogger("attnserve")
+
+# Draining is over once no request was answered or refused for this long: each client answered
+# last has sent its next request by then, and was refused. Longer than a busy client's turn
+# around (256 asyncio clients on one loop answer a burst in tens of milliseconds).
+SETTLE_S = 0.25
+# What grpc gets to write the last answers after the drain (at most a quarter of the budget).
+STOP_GRACE_S = 5.0
+
 
 
 class App:
@@ -59,6 +69,7 @@ class App:
         self._server = None
         self._metrics_http = None
         self._stopped = asyncio.Event()
+        self._quiet_over = asyncio.Event()  # a second SIGTERM/SIGINT cuts the quiet period short
 
     def _make_runner(self, path: Path, spec: ModelSpec, telemetry: object) -> OrtRunner:
         threads = self.settings.intra_op_threads or default_intra_op_threads(spec.instance_count)
@@ -102,37 +113,70 @@ class App:
         )
 
     async def refresh_health(self) -> None:
-        ready = not self.dataplane.draining and bool(self.repository.ready_models())
+        ready = not self.dataplane.withdrawn and bool(self.repository.ready_models())
         models = self.repository.model_readiness()
         await set_health(self.health, ready=ready, models=models)
 
     async def stop(self) -> None:
-        """Drain and stop; everything accepted before this call is answered."""
+        """Shut down without an answer a client cannot act on: every request is answered, or
+        refused with UNAVAILABLE before any work (safe to send to another replica).
+
+        1. Not ready at once (health NOT_SERVING, ServerReady false), still serving for the
+           quiet period (``--drain-quiet-secs``) while load balancers stop sending.
+        2. Refuse new requests, finish the accepted ones (within ``--exit-timeout-secs``).
+        3. Keep refusing until callers stop coming: a client answered at the end of the drain
+           sends its next request at once, and one that reached grpc after ``server.stop``
+           would be cancelled by grpc itself (CANCELLED: neither done nor safe to retry).
+        4. End open streams with UNAVAILABLE, then stop grpc (GOAWAY: a client's next call
+           goes to another address), with a grace for the last answers still being written.
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
         started = time.perf_counter()
-        log.info("draining: refusing new requests, finishing accepted ones (up to %.0fs)", self.settings.exit_timeout_s)
-        self.dataplane.start_draining()
+        self.dataplane.withdraw()
         await self.model_control.stop()  # no reload starts while the models drain
         await self.refresh_health()
+        quiet = self.settings.drain_quiet_s
+        if quiet > 0:
+            log.info("not ready: serving for the %.1fs quiet period, then draining (a second signal: at once)", quiet)
+            # A period of time by design: when load balancers have let go is not observable here.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._quiet_over.wait(), quiet)
+        budget = self.settings.exit_timeout_s
+        log.info("draining: refusing new requests, finishing accepted ones (up to %.0fs)", budget)
+        deadline = time.monotonic() + budget
+        self.dataplane.start_draining()
         try:
-            await asyncio.wait_for(self.repository.close(), self.settings.exit_timeout_s)
+            await asyncio.wait_for(self.repository.close(), budget)
         except asyncio.TimeoutError:
             log.warning("exit timeout reached with work still queued; failing what is left")
+        # The grace is kept out of the settling time, so a drain that finished exits in budget.
+        grace = min(STOP_GRACE_S, budget / 4)
+        await self._settle(deadline - grace)
+        self.dataplane.close_streams()
         if self._server is not None:
-            # Responses of the last batches are still being written: give them a short grace.
-            await self._server.stop(grace=min(5.0, self.settings.exit_timeout_s))
+            await self._server.stop(grace=grace)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self.metrics.close()
         log.info("stopped in %.2fs", time.perf_counter() - started)
 
+    async def _settle(self, until: float) -> None:
+        """Wait until no request was answered or refused for SETTLE_S (or ``until``)."""
+        while (wait := SETTLE_S - self.dataplane.idle_for()) > 0 and time.monotonic() < until:
+            await asyncio.sleep(min(wait, max(until - time.monotonic(), 0.0)))
+
+    def _signalled(self, stop_requested: asyncio.Event) -> None:
+        if stop_requested.is_set():
+            self._quiet_over.set()
+        stop_requested.set()
+
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop_requested.set)
+            loop.add_signal_handler(sig, self._signalled, stop_requested)
         await self.start()
         await stop_requested.wait()
         await self.stop()

@@ -40,6 +40,9 @@ class Settings:
     # grpcio refuses messages above 4 MiB by default; a batch of 128x128 RGB images is larger.
     max_message_bytes: int = 64 * MiB
     exit_timeout_s: float = 30.0
+    # On SIGTERM the server reports not ready at once but serves on this long before refusing
+    # (issue 18): endpoint removal in Kubernetes and load balancers is asynchronous to SIGTERM.
+    drain_quiet_s: float = 0.0
     provider: str = "auto"
     device_id: int = 0
     # 0: share the machine's cores among the sessions of all instances (see runtime.runner).
@@ -118,6 +121,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--allow-metrics", dest="allow_metrics", metavar="BOOL")
     p.add_argument("--max-message-bytes", dest="max_message_bytes", metavar="N")
     p.add_argument("--exit-timeout-secs", dest="exit_timeout_s", metavar="SECONDS")
+    p.add_argument(
+        "--drain-quiet-secs", dest="drain_quiet_s", metavar="SECONDS",
+        help="on SIGTERM, report not ready but keep serving this long before draining (default 0)",
+    )
     p.add_argument("--provider", dest="provider", choices=PROVIDERS)
     p.add_argument("--device-id", dest="device_id", metavar="N")
     p.add_argument("--intra-op-threads", dest="intra_op_threads", metavar="N")
@@ -201,6 +208,8 @@ def _validate(s: Settings) -> None:
         )
     if not 0 < s.exit_timeout_s <= 3600:
         raise SettingsError(f"exit_timeout_s={s.exit_timeout_s}: must be in (0, 3600] seconds")
+    if not 0 <= s.drain_quiet_s <= 3600:
+        raise SettingsError(f"drain_quiet_s={s.drain_quiet_s}: must be in [0, 3600] seconds")
     if s.provider not in PROVIDERS:
         raise SettingsError(f"provider={s.provider!r}: one of {', '.join(PROVIDERS)}")
     if s.device_id < 0:

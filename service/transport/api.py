@@ -25,8 +25,8 @@ import numpy as np
 
 from service.codec import api, latent
 from service.codec.images import ImageLimits, decode_images
-from service.dataplane import DataPlane
-from service.errors import InvalidInput
+from service.dataplane import REFUSAL, DataPlane
+from service.errors import InvalidInput, ShuttingDown
 from service.proto.attnserve.v1 import attnserve_pb2 as pb
 from service.proto.attnserve.v1 import attnserve_pb2_grpc as pb_grpc
 from service.repository import LoadedModel
@@ -34,7 +34,7 @@ from service.settings import Settings
 from service.transport.assets import AssetCache
 from service.transport.inference import deadline_of
 from service.transport.observe import observed
-from service.transport.status import grpc_errors, log_if_fault, status_for
+from service.transport.status import abort_with, grpc_errors, log_if_fault, status_for
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AttnServe"].full_name
 # Messages of one stream being computed or waiting to be sent. Past this the server stops
 # reading the stream, and gRPC flow control slows the client down instead of memory growing.
 STREAM_WINDOW = 64
+# Put in a stream's reply queue when the server closes: the stream ends (UNAVAILABLE).
+_CLOSING = object()
 
 Request = TypeVar("Request", pb.ClassifyRequest, pb.EncodeRequest)
 
@@ -79,7 +81,8 @@ class AttnServeServicer(pb_grpc.AttnServeServicer):
         self, request_iterator: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClassifyStreamResponse]:
         handle = lambda r: self._classify(r, deadline_of(context))  # noqa: E731
-        async for reply in answer_each(request_iterator, handle, pb.ClassifyStreamResponse, "ClassifyStream"):
+        replies = answer_each(request_iterator, handle, pb.ClassifyStreamResponse, "ClassifyStream", self._dataplane)
+        async for reply in closing_with_status(replies, context):
             yield reply
 
     @grpc_errors
@@ -94,7 +97,8 @@ class AttnServeServicer(pb_grpc.AttnServeServicer):
         self, request_iterator: AsyncIterator[pb.EncodeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EncodeStreamResponse]:
         handle = lambda r: self._encode(r, deadline_of(context))  # noqa: E731
-        async for reply in answer_each(request_iterator, handle, pb.EncodeStreamResponse, "EncodeStream"):
+        replies = answer_each(request_iterator, handle, pb.EncodeStreamResponse, "EncodeStream", self._dataplane)
+        async for reply in closing_with_status(replies, context):
             yield reply
 
     # -- decode -> infer -> encode -------------------------------------------------------
@@ -155,16 +159,29 @@ async def all_of(calls: Iterable[Awaitable[dict[str, np.ndarray]]]) -> list[dict
         raise
 
 
+async def closing_with_status(replies: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    """``replies``, then the stream's end: UNAVAILABLE when the server closed it."""
+    try:
+        async for reply in replies:
+            yield reply
+    except ShuttingDown as exc:
+        await abort_with(context, exc)
+
+
 async def answer_each(
     requests: AsyncIterator[Request],
     handle: Callable[[Request], Awaitable[Any]],
     reply_type: Callable[..., Any],
     what: str,
+    dataplane: DataPlane,
 ) -> AsyncIterator[Any]:
     """Answer every message of a stream with one reply, in completion order.
 
-    A failed message is answered with ``error`` (the status the unary RPC would have given)
-    and the stream goes on. Messages run concurrently, so one stream can fill a batch.
+    A failed message is answered with ``error`` (the status the unary RPC would have given;
+    UNAVAILABLE while the server drains) and the stream goes on. Messages run concurrently, so
+    one stream can fill a batch. When the server closes, the stream reads no more, answers
+    what it accepted and raises ShuttingDown, so the call ends with UNAVAILABLE rather than
+    being cut off when grpc stops.
     """
     replies: asyncio.Queue[Any] = asyncio.Queue()
     window = asyncio.Semaphore(STREAM_WINDOW)
@@ -193,10 +210,19 @@ async def answer_each(
 
     reader = asyncio.create_task(read_all())
     try:
-        while (reply := await replies.get()) is not None:
-            yield reply
-            window.release()
-        await reader  # re-raises a broken request stream
+        with dataplane.stream_open(lambda: replies.put_nowait(_CLOSING)):
+            while (reply := await replies.get()) is not None and reply is not _CLOSING:
+                yield reply
+                window.release()
+        if reply is None:
+            await reader  # re-raises a broken request stream
+            return
+        reader.cancel()  # read no more: what the client sends from now on is not accepted
+        await asyncio.gather(*list(pending))  # the accepted ones; each put its reply
+        while not replies.empty():
+            if (reply := replies.get_nowait()) is not None and reply is not _CLOSING:
+                yield reply
+        raise ShuttingDown(REFUSAL)
     finally:
         reader.cancel()
         for task in list(pending):

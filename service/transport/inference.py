@@ -16,20 +16,22 @@ import grpc
 
 from service import __version__
 from service.codec import v2
-from service.dataplane import DataPlane
-from service.errors import AttnServeError, InvalidInput, ModelNotFound
+from service.dataplane import REFUSAL, DataPlane
+from service.errors import AttnServeError, InvalidInput, ModelNotFound, ShuttingDown
 from service.model_control import ModelControl
 from service.proto.inference import grpc_service_pb2 as pb
 from service.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from service.transport.observe import observed
 from service.transport.statistics import statistics_proto
-from service.transport.status import grpc_errors, log_if_fault, status_for
+from service.transport.status import abort_with, grpc_errors, log_if_fault, status_for
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "attnserve"
 EXTENSIONS = ("model_repository", "model_configuration", "schedule_policy", "statistics", "parameters")
 SURFACE = "v2"
+# Put in a stream's answer queue: the server drains or closes, the stream ends (UNAVAILABLE).
+_ENDING = object()
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -52,12 +54,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ServerReady(self, request, context):
-        ready = not self._dataplane.draining and bool(self._repository.ready_models())
+        ready = not self._dataplane.withdrawn and bool(self._repository.ready_models())
         return pb.ServerReadyResponse(ready=ready)
 
     @grpc_errors
     async def ModelReady(self, request, context):
-        ready = not self._dataplane.draining and self._repository.is_ready(request.name, request.version)
+        ready = not self._dataplane.withdrawn and self._repository.is_ready(request.name, request.version)
         return pb.ModelReadyResponse(ready=ready)
 
     @grpc_errors
@@ -101,9 +103,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse | bytes]:
         """Each request of the stream is answered on its own as soon as it is computed, so one
-        stream can fill a batch; a failed request gets an ``error_message`` and the stream goes on."""
+        stream can fill a batch; a failed request gets an ``error_message`` and the stream goes on.
+
+        Once the server drains, the stream takes no new request: it answers those it accepted,
+        then ends with UNAVAILABLE, and so does an idle stream when the server closes. A v2
+        stream answer carries no status code; UNAVAILABLE on the stream tells the client that
+        the requests it got no answer for were not computed and are safe to send elsewhere."""
         # Answers are serialized ModelStreamInferResponses (bytes), errors messages; see add_to_server.
-        responses: asyncio.Queue[pb.ModelStreamInferResponse | bytes | None] = asyncio.Queue()
+        responses: asyncio.Queue[pb.ModelStreamInferResponse | bytes | object | None] = asyncio.Queue()
         pending: set[asyncio.Task] = set()
 
         async def one(request: pb.ModelInferRequest) -> None:
@@ -111,6 +118,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 result = await self._infer(request, deadline_of(context), encode=v2.encode_response_bytes)
                 await responses.put(v2.stream_response_bytes(result))
             except Exception as exc:
+                if isinstance(exc, ShuttingDown) and self._dataplane.draining:
+                    responses.put_nowait(_ENDING)  # refused because the server drains: the stream ends
+                    return
                 log_if_fault(exc, "ModelStreamInfer")
                 error = pb.ModelStreamInferResponse(error_message=status_for(exc)[1])
                 error.infer_response.id = request.id
@@ -128,9 +138,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         reader = asyncio.create_task(read_all())
         try:
-            while (item := await responses.get()) is not None:
-                yield item
-            await reader
+            with self._dataplane.stream_open(lambda: responses.put_nowait(_ENDING)):
+                while (item := await responses.get()) is not None and item is not _ENDING:
+                    yield item
+            if item is None:
+                await reader
+                return
+            reader.cancel()  # read no more: what the client sends from now on is not accepted
+            await asyncio.gather(*list(pending))  # the accepted ones; each put its answer
+            while not responses.empty():
+                if (item := responses.get_nowait()) is not None and item is not _ENDING:
+                    yield item
+            await abort_with(context, ShuttingDown(REFUSAL))
         finally:
             reader.cancel()
             for task in list(pending):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, NoReturn, TypeVar
 
 import grpc
 
@@ -75,3 +75,9 @@ def grpc_errors(method: F) -> F:
             await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
     return wrapper  # type: ignore[return-value]
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: errors.AttnServeError) -> NoReturn:
+    """End a streaming call with ``exc``'s status (streams have no ``grpc_errors`` wrapper)."""
+    code, message = status_for(exc)
+    await context.abort(code, message)
