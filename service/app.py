@@ -10,6 +10,7 @@ process exits (see App.stop).
 from __future__ import annotations
 
 import asyncio
+import gc
 import contextlib
 import logging
 import signal
@@ -102,6 +103,9 @@ class App:
             )
             self.metrics_port = self._metrics_http.port
         await self.model_control.start(self.settings.load_models)
+        # What start-up allocated (modules, sessions, configs) lives as long as the process:
+        # freezing it keeps the collector's full passes from walking it again under load.
+        gc.freeze()
         await self.refresh_health()
         ready = [f"{m.name}:{m.version}" for m in self.repository.ready_models()]
         failed = [f"{r.name} ({r.reason})" for r in self.repository.index() if r.state not in ("READY", "UNLOADING") and r.reason]
