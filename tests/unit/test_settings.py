@@ -40,6 +40,8 @@ def test_repeatable_and_list_settings():
         ([], {"ATTNSERVE_PROVIDER": "tpu"}, "provider"),
         ([], {"ATTNSERVE_ALLOW_METRICS": "maybe"}, "ATTNSERVE_ALLOW_METRICS"),
         (["--intra-op-threads", "-2"], {}, "intra_op_threads"),
+        (["--drain-quiet-secs", "-1"], {}, "drain_quiet_s"),
+        ([], {"ATTNSERVE_DRAIN_QUIET_S": "soon"}, "ATTNSERVE_DRAIN_QUIET_S"),
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(argv, env, fragment):
