@@ -274,7 +274,8 @@ class DynamicBatcher:
 
     def _batch_done(self, task: asyncio.Task[None] | None) -> None:
         self._running.pop(task, None)  # type: ignore[arg-type]
-        self._wakeup.set()  # a slot is free
+        if self._queue or self._stopping:
+            self._wakeup.set()  # a slot is free for what is queued, or stop() is waiting
 
     async def _run_batch(self, items: list[Pending], rows: int) -> None:
         ok = False
