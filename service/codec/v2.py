@@ -37,26 +37,67 @@ def decode_request(request: pb.ModelInferRequest, spec: ModelSpec, max_tensor_by
         )
     inputs: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
-        expected = spec.input(tensor.name)
-        if expected is None:
-            raise InvalidInput(
-                f"unknown input {tensor.name!r} for model {spec.name!r}; "
-                f"expected {[t.name for t in spec.inputs]}"
-            )
-        if tensor.name in inputs:
-            raise InvalidInput(f"input {tensor.name!r} is given more than once")
+        expected = expected_input(tensor.name, spec, inputs)
         raw = request.raw_input_contents[i] if request.raw_input_contents else None
-        inputs[tensor.name] = _check_limits(_decode_tensor(tensor, raw, expected, spec, max_tensor_bytes), expected, spec)
-    missing = [t.name for t in spec.inputs if t.name not in inputs]
-    if missing:
-        raise InvalidInput(f"missing inputs {missing} for model {spec.name!r}")
-    _check_batch_agrees(inputs, spec)
+        inputs[tensor.name] = check_limits(_decode_tensor(tensor, raw, expected, spec, max_tensor_bytes), expected, spec)
+    check_input_set(inputs, spec)
     return DecodedRequest(
         inputs=inputs,
         outputs=_requested_outputs(request, spec),
         timeout_s=_timeout(request.parameters),
         priority=_priority(request.parameters),
     )
+
+
+# -- checks shared by every v2 transport (gRPC messages here, HTTP JSON in codec.v2_http) -------
+def expected_input(name: str, spec: ModelSpec, seen: Mapping[str, object]) -> TensorSpec:
+    """The spec of input ``name``; InvalidInput for a name the model lacks or one given twice."""
+    expected = spec.input(name)
+    if expected is None:
+        raise InvalidInput(f"unknown input {name!r} for model {spec.name!r}; expected {[t.name for t in spec.inputs]}")
+    if name in seen:
+        raise InvalidInput(f"input {name!r} is given more than once")
+    return expected
+
+
+def check_header(
+    name: str, datatype: str, shape: tuple[int, ...], expected: TensorSpec, spec: ModelSpec, max_tensor_bytes: int
+) -> tuple[np.dtype, int]:
+    """Datatype, shape and decoded size of one input against its spec: (numpy dtype, element count)."""
+    if datatype != expected.datatype:
+        raise InvalidInput(f"input {name!r} has datatype {datatype or '(empty)'}, expected {expected.datatype}")
+    _check_shape(name, shape, expected, spec)
+    dtype = V2_TO_NUMPY[expected.datatype]
+    count = math.prod(shape)
+    if count * dtype.itemsize > max_tensor_bytes:
+        raise InvalidInput(f"input {name!r} of shape {list(shape)} exceeds the tensor limit of {max_tensor_bytes} bytes")
+    return dtype, count
+
+
+def from_raw(name: str, raw: bytes | memoryview, shape: tuple[int, ...], expected: TensorSpec) -> np.ndarray:
+    """Raw little-endian contents viewed (not copied) as the tensor, once their size agrees with
+    the shape (``check_header`` first)."""
+    dtype = V2_TO_NUMPY[expected.datatype]
+    want = math.prod(shape) * dtype.itemsize
+    if len(raw) != want:
+        raise InvalidInput(
+            f"input {name!r}: {len(raw)} bytes of raw contents, expected {want} "
+            f"for shape {list(shape)} of {expected.datatype}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def check_input_set(inputs: Mapping[str, np.ndarray], spec: ModelSpec) -> None:
+    """Every input of the model given, all with the same batch size."""
+    missing = [t.name for t in spec.inputs if t.name not in inputs]
+    if missing:
+        raise InvalidInput(f"missing inputs {missing} for model {spec.name!r}")
+    _check_batch_agrees(inputs, spec)
+
+
+def check_output_name(name: str, spec: ModelSpec) -> None:
+    if spec.output(name) is None:
+        raise InvalidInput(f"unknown output {name!r} for model {spec.name!r}; expected {[o.name for o in spec.outputs]}")
 
 
 def _decode_tensor(
@@ -67,25 +108,13 @@ def _decode_tensor(
     max_tensor_bytes: int,
 ) -> np.ndarray:
     name = tensor.name
-    if tensor.datatype != expected.datatype:
-        raise InvalidInput(f"input {name!r} has datatype {tensor.datatype or '(empty)'}, expected {expected.datatype}")
     shape = tuple(tensor.shape)  # a repeated int64 field: already ints
-    _check_shape(name, shape, expected, spec)
-    dtype = V2_TO_NUMPY[expected.datatype]
-    count = math.prod(shape)
-    if count * dtype.itemsize > max_tensor_bytes:
-        raise InvalidInput(f"input {name!r} of shape {list(shape)} exceeds the tensor limit of {max_tensor_bytes} bytes")
+    dtype, count = check_header(name, tensor.datatype, shape, expected, spec, max_tensor_bytes)
     has_typed = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
     if raw is not None:
         if has_typed:
             raise InvalidInput(f"input {name!r} has both raw and typed contents; send one")
-        want = count * dtype.itemsize
-        if len(raw) != want:
-            raise InvalidInput(
-                f"input {name!r}: {len(raw)} bytes of raw contents, expected {want} "
-                f"for shape {list(shape)} of {expected.datatype}"
-            )
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        return from_raw(name, raw, shape, expected)
     values = getattr(tensor.contents, V2_TO_CONTENTS_FIELD[expected.datatype])
     if len(values) != count:
         raise InvalidInput(f"input {name!r}: {len(values)} typed values, expected {count} for shape {list(shape)}")
@@ -120,7 +149,7 @@ def _wrong_shape(name: str, shape: tuple[int, ...], expected: TensorSpec, batche
     return InvalidInput(f"input {name!r} has shape {list(shape)}, expected [{', '.join(want)}]")
 
 
-def _check_limits(array: np.ndarray, expected: TensorSpec, spec: ModelSpec) -> np.ndarray:
+def check_limits(array: np.ndarray, expected: TensorSpec, spec: ModelSpec) -> np.ndarray:
     """Refuse what the graph cannot take (declared by the model's attnserve.input_limits)."""
     name = expected.name
     if expected.max_dims is not None:
@@ -151,10 +180,7 @@ def _requested_outputs(request: pb.ModelInferRequest, spec: ModelSpec) -> tuple[
         return tuple(o.name for o in spec.outputs)
     names = []
     for out in request.outputs:
-        if spec.output(out.name) is None:
-            raise InvalidInput(
-                f"unknown output {out.name!r} for model {spec.name!r}; expected {[o.name for o in spec.outputs]}"
-            )
+        check_output_name(out.name, spec)
         if "classification" in out.parameters and _int_param(out.parameters["classification"], "classification"):
             raise InvalidInput(f"output {out.name!r}: the classification extension is not supported")
         names.append(out.name)
