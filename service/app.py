@@ -29,6 +29,8 @@ from service.repository import ModelRepository
 from service.runtime import OrtRunner, default_intra_op_threads, resolve_provider
 from service.settings import Settings, check_repository
 from service.transport.api import AttnServeServicer, api_limits  # attnserve API (issue 4)
+from service.transport.http.inference import InferenceRoutes  # KServe v2 over HTTP (issue 16)
+from service.transport.http.server import HttpServer, build_http_server
 from service.transport.inference import InferenceServicer
 from service.transport.server import build_server, set_health
 
@@ -40,7 +42,6 @@ log = logging.getLogger("attnserve")
 SETTLE_S = 0.25
 # What grpc gets to write the last answers after the drain (at most a quarter of the budget).
 STOP_GRACE_S = 5.0
-
 
 
 class App:
@@ -66,8 +67,10 @@ class App:
         )
         self.health = health.aio.HealthServicer()
         self.grpc_port = 0
+        self.http_port = 0
         self.metrics_port = 0
         self._server = None
+        self._http: HttpServer | None = None
         self._metrics_http = None
         self._stopped = asyncio.Event()
         self._quiet_over = asyncio.Event()  # a second SIGTERM/SIGINT cuts the quiet period short
@@ -97,6 +100,14 @@ class App:
         await self.refresh_health()  # NOT_SERVING until models are ready
         # Bind first so liveness probes answer while models load, then load and warm up.
         await self._server.start()
+        if self.settings.allow_http:  # issue 16: the same data plane, on this event loop
+            routes = InferenceRoutes(
+                self.dataplane, model_control=self.model_control,
+                max_tensor_bytes=self.settings.effective_max_tensor_bytes,
+                max_body_bytes=self.settings.max_message_bytes,
+            ).routes()
+            self._http = build_http_server(self.settings, routes, self.dataplane)
+            self.http_port = await self._http.start(self.settings.host, self.settings.http_port)
         if self.settings.allow_metrics:
             self._metrics_http = start_metrics_http(
                 self.metrics, self.settings.effective_metrics_host, self.settings.metrics_port
@@ -110,9 +121,11 @@ class App:
         ready = [f"{m.name}:{m.version}" for m in self.repository.ready_models()]
         failed = [f"{r.name} ({r.reason})" for r in self.repository.index() if r.state not in ("READY", "UNLOADING") and r.reason]
         metrics = f"http://{self.settings.effective_metrics_host}:{self.metrics_port}/metrics" if self._metrics_http else "off"
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        http = f"{self._http.scheme}://{host}:{self.http_port}" if self._http else "off"
         log.info(
-            "attnserve ready: grpc=%s:%d metrics=%s provider=%s models=[%s] in %.1fs%s",
-            self.settings.host, self.grpc_port, metrics, self.provider, ", ".join(ready), time.perf_counter() - started,
+            "attnserve ready: grpc=%s:%d metrics=%s http=%s provider=%s models=[%s] in %.1fs%s",
+            self.settings.host, self.grpc_port, metrics, http, self.provider, ", ".join(ready), time.perf_counter() - started,
             f"; NOT loaded: {'; '.join(failed)}" if failed else "",
         )
 
@@ -159,8 +172,11 @@ class App:
         grace = min(STOP_GRACE_S, budget / 4)
         await self._settle(deadline - grace)
         self.dataplane.close_streams()
-        if self._server is not None:
-            await self._server.stop(grace=grace)
+        # gRPC and HTTP stop together: both have answered everything they accepted by now.
+        await asyncio.gather(
+            *([self._server.stop(grace=grace)] if self._server is not None else []),
+            *([self._http.stop(grace)] if self._http is not None else []),
+        )
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self.metrics.close()

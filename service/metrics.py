@@ -60,12 +60,12 @@ class Metrics:
         self.registry = registry
         r = registry
         self.requests = Counter(
-            "attnserve_requests_total", "Requests answered, by surface and gRPC status code.",
-            _MODEL + ("surface", "code"), registry=r,
+            "attnserve_requests_total", "Requests answered, by surface, protocol and gRPC status code.",
+            _MODEL + ("surface", "protocol", "code"), registry=r,
         )
         self.request_duration = Histogram(
             "attnserve_request_duration_seconds", "End-to-end request latency inside the server.",
-            _MODEL + ("surface",), buckets=LATENCY_BUCKETS, registry=r,
+            _MODEL + ("surface", "protocol"), buckets=LATENCY_BUCKETS, registry=r,
         )
         self.queue_duration = _latency(
             "attnserve_queue_duration_seconds", "Time a request waited in the batch queue.", r
@@ -157,9 +157,9 @@ class ModelMetrics:
         self._ready = metrics.model_ready.labels(*labels)
         # Every reason exists from the start at 0, so rate() and alerts see the first rejection.
         self._rejections = {reason: metrics.rejections.labels(*labels, reason) for reason in REJECTION_REASONS}
-        # (surface, code) pairs seen, so remove_series can find the request series again.
-        self._request_labels: set[tuple[str, str]] = set()
-        self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        # (surface, protocol, code) seen, so remove_series can find the request series again.
+        self._request_labels: set[tuple[str, str, str]] = set()
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
     # -- batcher --------------------------------------------------------------------------
@@ -194,17 +194,19 @@ class ModelMetrics:
         self.statistics.compute(input_s, infer_s, output_s)
 
     # -- transport ------------------------------------------------------------------------
-    def request_done(self, surface: str, code: str, duration_s: float) -> None:
-        """One request answered on ``surface`` ("v2" or "api") with gRPC status name ``code``."""
-        # The labelled children are looked up once per (surface, code): labels() takes a lock
-        # and builds a tuple on every call, and this runs for every request.
-        children = self._request_children.get((surface, code))
+    def request_done(self, surface: str, code: str, duration_s: float, protocol: str = "grpc") -> None:
+        """One request answered on ``surface`` ("v2" or "api") over ``protocol`` ("grpc" or
+        "http") with gRPC status name ``code`` (HTTP answers are counted by the code they stand for)."""
+        # The labelled children are looked up once per (surface, protocol, code): labels() takes
+        # a lock and builds a tuple on every call, and this runs for every request.
+        key = (surface, protocol, code)
+        children = self._request_children.get(key)
         if children is None:
             with self._lock:
-                self._request_labels.add((surface, code))
-            children = self._request_children[(surface, code)] = (
-                self._m.requests.labels(*self._labels, surface, code),
-                self._m.request_duration.labels(*self._labels, surface),
+                self._request_labels.add(key)
+            children = self._request_children[key] = (
+                self._m.requests.labels(*self._labels, surface, protocol, code),
+                self._m.request_duration.labels(*self._labels, surface, protocol),
             )
         children[0].inc()
         children[1].observe(duration_s)
@@ -226,10 +228,10 @@ class ModelMetrics:
             seen = sorted(self._request_labels)
             self._request_labels.clear()
             self._request_children.clear()
-        for surface, code in seen:
-            m.requests.remove(*labels, surface, code)
-        for surface in {s for s, _ in seen}:
-            m.request_duration.remove(*labels, surface)
+        for surface, protocol, code in seen:
+            m.requests.remove(*labels, surface, protocol, code)
+        for surface, protocol in {(s, p) for s, p, _ in seen}:
+            m.request_duration.remove(*labels, surface, protocol)
         for reason in REJECTION_REASONS:
             m.rejections.remove(*labels, reason)
         for collector in (

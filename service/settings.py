@@ -34,6 +34,9 @@ class Settings:
     model_repository: Path = Path("model_repository")
     host: str = "127.0.0.1"
     grpc_port: int = 8001
+    # KServe v2 over HTTP/REST (issue 16) on the same host and event loop; Triton's port and flag.
+    http_port: int = 8000
+    allow_http: bool = True
     metrics_host: str = ""  # empty: same as host
     metrics_port: int = 8002
     allow_metrics: bool = True
@@ -82,6 +85,10 @@ class Settings:
         return _join(self.host, self.grpc_port)
 
     @property
+    def http_address(self) -> str:
+        return _join(self.host, self.http_port)
+
+    @property
     def effective_metrics_host(self) -> str:
         return self.metrics_host or self.host
 
@@ -116,6 +123,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--model-repository", dest="model_repository", metavar="DIR")
     p.add_argument("--host", dest="host", help="address the gRPC port binds (default 127.0.0.1)")
     p.add_argument("--grpc-port", dest="grpc_port", metavar="PORT", help="0 picks a free port")
+    p.add_argument("--http-port", dest="http_port", metavar="PORT", help="KServe v2 HTTP/REST port (default 8000; 0 picks a free port)")
+    p.add_argument("--allow-http", dest="allow_http", metavar="BOOL", help="serve HTTP/REST beside gRPC (default true)")
     p.add_argument("--metrics-host", dest="metrics_host", help="default: same as --host")
     p.add_argument("--metrics-port", dest="metrics_port", metavar="PORT", help="0 picks a free port")
     p.add_argument("--allow-metrics", dest="allow_metrics", metavar="BOOL")
@@ -194,10 +203,12 @@ def _parse_bool(raw: Any) -> bool:
 
 
 def _validate(s: Settings) -> None:
-    for name in ("grpc_port", "metrics_port"):
+    for name in ("grpc_port", "http_port", "metrics_port"):
         port = getattr(s, name)
         if not 0 <= port <= 65535:
             raise SettingsError(f"{name}={port}: a port is 0..65535 (0 picks a free one)")
+    if s.allow_http and s.http_port and s.http_port == s.grpc_port:
+        raise SettingsError(f"http_port={s.http_port}: the same port as grpc_port; give HTTP its own (or --allow-http false)")
     for name in ("host", "metrics_host"):
         value = getattr(s, name)
         if value and not _is_host(value):

@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ("sagan_generator", "se_cnn_classifier", "transformer_encoder")
 REPOSITORY_ENV = "ATTNSERVE_TEST_REPOSITORY"
 # service/app.py logs exactly one of these once every model has loaded (or failed to).
-READY_LINE = re.compile(r"attnserve ready: grpc=(?P<grpc>\S+) metrics=(?P<metrics>\S+)")
+READY_LINE = re.compile(r"attnserve ready: grpc=(?P<grpc>\S+) metrics=(?P<metrics>\S+)(?: http=(?P<http>\S+))?")
 READY_TIMEOUT_S = 120.0  # loading is ~1 s; the margin is for a machine busy with other work
 EXPORT_TIMEOUT_S = 900.0
 
@@ -139,7 +139,7 @@ class ServerProcess:
         self.argv = [
             sys.executable, "-m", "service", "serve",
             "--model-repository", str(self.repository),
-            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+            "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
             "--provider", "cpu", *self.flags,
         ]
         # The server reads ATTNSERVE_* settings; a developer's own must not leak into tests.
@@ -153,6 +153,7 @@ class ServerProcess:
         self._reader: threading.Thread | None = None
         self.url = ""  # HOST:PORT of the gRPC server, for tritonclient
         self.metrics_url = ""  # http://HOST:PORT/metrics ("" when metrics are off)
+        self.http_url = ""  # http(s)://HOST:PORT of the KServe v2 REST port ("" when HTTP is off)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, timeout: float = READY_TIMEOUT_S) -> "ServerProcess":
@@ -171,6 +172,7 @@ class ServerProcess:
         assert match is not None
         self.url = match["grpc"]
         self.metrics_url = "" if match["metrics"] == "off" else match["metrics"]
+        self.http_url = "" if match["http"] in (None, "off") else match["http"]
         return self
 
     def _read(self) -> None:

@@ -1,4 +1,4 @@
-"""Counting each request once, with its gRPC outcome, for the model it was for."""
+"""Counting each request once, with its outcome (a gRPC status name), for the model it was for."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from service.transport.status import status_for
 
 
 class observed:
-    """``with observed(model, surface):`` records one request of ``model`` on ``surface``
-    (in-flight, outcome, latency) around the block.
+    """``with observed(model, surface[, protocol]):`` records one request of ``model`` on
+    ``surface`` over ``protocol`` ("grpc", "http") (in-flight, outcome, latency) around the block.
 
     A plain (synchronous) context manager, used inside the async handlers: it runs on every
     request, and an ``asynccontextmanager`` costs an async generator and two extra coroutine
@@ -23,11 +23,12 @@ class observed:
     any client grow the metric series without bound.
     """
 
-    __slots__ = ("_telemetry", "_surface", "_started")
+    __slots__ = ("_telemetry", "_surface", "_protocol", "_started")
 
-    def __init__(self, model: LoadedModel, surface: str) -> None:
+    def __init__(self, model: LoadedModel, surface: str, protocol: str = "grpc") -> None:
         self._telemetry = model.telemetry
         self._surface = surface
+        self._protocol = protocol
 
     def __enter__(self) -> None:
         self._started = time.perf_counter()
@@ -46,4 +47,4 @@ class observed:
             if isinstance(exc, InvalidInput):  # the batcher counts the other reasons itself
                 telemetry.rejected("invalid_input")
         telemetry.inflight(-1)
-        telemetry.request_done(self._surface, code, time.perf_counter() - self._started)
+        telemetry.request_done(self._surface, code, time.perf_counter() - self._started, self._protocol)

@@ -1,4 +1,4 @@
-"""TLS and mutual TLS for the gRPC port, from PEM files named in the settings.
+"""TLS and mutual TLS for the gRPC and HTTP ports, from PEM files named in the settings.
 
 - ``--tls-cert`` and ``--tls-key``: the server's certificate chain and private key; the port
   then speaks only TLS (a plaintext client fails the handshake).
@@ -70,3 +70,22 @@ def bind(server: grpc.aio.Server, settings: Settings) -> int:
     if credentials is None:
         return server.add_insecure_port(settings.grpc_address)
     return server.add_secure_port(settings.grpc_address, credentials)
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The same certificate, key and client CA for the HTTP port (issue 16); None when TLS is off."""
+    if settings.tls_cert is None:
+        return None
+    assert settings.tls_key is not None  # the settings require both
+    _read(settings.tls_cert, "tls_cert")
+    _read(settings.tls_key, "tls_key")
+    _check_pair(settings.tls_cert, settings.tls_key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    if settings.tls_client_ca is not None:
+        _read(settings.tls_client_ca, "tls_client_ca")
+        _check_ca(settings.tls_client_ca)
+        context.load_verify_locations(cafile=str(settings.tls_client_ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

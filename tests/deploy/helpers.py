@@ -35,6 +35,7 @@ LABEL_VALUES = {
     "model": ["sagan_generator", "se_cnn_classifier", "transformer_encoder"],
     "version": ["1"],
     "surface": ["v2", "api"],
+    "protocol": ["grpc", "http"],
     "code": ["OK", "UNAVAILABLE", "INVALID_ARGUMENT"],
     "reason": ["queue_full", "deadline", "cancelled", "invalid_input", "shutting_down"],
     "gpu": ["0"],

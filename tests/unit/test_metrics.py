@@ -49,16 +49,20 @@ def test_request_histogram_and_counter_rise_per_request(metrics: Metrics, regist
     for duration in (0.0002, 0.003, 0.003, 20.0):
         m.request_done("v2", "OK", duration)
     m.request_done("api", "UNAVAILABLE", 0.001)
+    m.request_done("v2", "OK", 0.001, protocol="http")
 
-    assert value(registry, "attnserve_requests_total", surface="v2", code="OK") == 4
-    assert value(registry, "attnserve_requests_total", surface="api", code="UNAVAILABLE") == 1
+    assert value(registry, "attnserve_requests_total", surface="v2", protocol="grpc", code="OK") == 4
+    assert value(registry, "attnserve_requests_total", surface="api", protocol="grpc", code="UNAVAILABLE") == 1
+    # The same model and surface over HTTP is its own series (issue 16), gRPC's stay as they were.
+    assert value(registry, "attnserve_requests_total", surface="v2", protocol="http", code="OK") == 1
     hist = "attnserve_request_duration_seconds"
-    assert value(registry, f"{hist}_count", surface="v2") == 4
-    assert value(registry, f"{hist}_sum", surface="v2") == pytest.approx(20.0062)
-    assert value(registry, f"{hist}_bucket", surface="v2", le="0.00025") == 1
-    assert value(registry, f"{hist}_bucket", surface="v2", le="0.005") == 3
-    assert value(registry, f"{hist}_bucket", surface="v2", le="10.0") == 3  # 20 s is past the top bucket
-    assert value(registry, f"{hist}_bucket", surface="v2", le="+Inf") == 4
+    assert value(registry, f"{hist}_count", surface="v2", protocol="grpc") == 4
+    assert value(registry, f"{hist}_sum", surface="v2", protocol="grpc") == pytest.approx(20.0062)
+    assert value(registry, f"{hist}_bucket", surface="v2", protocol="grpc", le="0.00025") == 1
+    assert value(registry, f"{hist}_bucket", surface="v2", protocol="grpc", le="0.005") == 3
+    assert value(registry, f"{hist}_bucket", surface="v2", protocol="grpc", le="10.0") == 3  # 20 s is past the top bucket
+    assert value(registry, f"{hist}_bucket", surface="v2", protocol="grpc", le="+Inf") == 4
+    assert value(registry, f"{hist}_count", surface="v2", protocol="http") == 1
 
 
 def test_latency_buckets_span_100us_to_10s() -> None:
@@ -182,7 +186,7 @@ async def test_http_endpoint_serves_the_text_format(metrics: Metrics) -> None:
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
     finally:
         server.shutdown()
-    assert 'attnserve_requests_total{code="OK",model="enc",surface="v2",version="1"} 1.0' in body
+    assert 'attnserve_requests_total{code="OK",model="enc",protocol="grpc",surface="v2",version="1"} 1.0' in body
     assert "# TYPE attnserve_request_duration_seconds histogram" in body
     assert not server.thread.is_alive()
 
