@@ -29,6 +29,7 @@ from service.repository import ModelRepository
 from service.runtime import OrtRunner, default_intra_op_threads, resolve_provider
 from service.settings import Settings, check_repository
 from service.transport.api import AttnServeServicer, api_limits  # attnserve API (issue 4)
+from service.transport.http.api import ApiRoutes
 from service.transport.http.inference import InferenceRoutes  # KServe v2 over HTTP (issue 16)
 from service.transport.http.server import HttpServer, build_http_server
 from service.transport.inference import InferenceServicer
@@ -106,6 +107,7 @@ class App:
                 max_tensor_bytes=self.settings.effective_max_tensor_bytes,
                 max_body_bytes=self.settings.max_message_bytes,
             ).routes()
+            routes += ApiRoutes(api, max_body_bytes=self.settings.max_message_bytes).routes()
             self._http = build_http_server(self.settings, routes, self.dataplane)
             self.http_port = await self._http.start(self.settings.host, self.settings.http_port)
         if self.settings.allow_metrics:

@@ -75,53 +75,54 @@ class AttnServeServicer(pb_grpc.AttnServeServicer):
     # -- RPCs ----------------------------------------------------------------------------
     @grpc_errors
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        return await self._classify(request, deadline_of(context))
+        return await self.classify(request, deadline_of(context))
 
     async def ClassifyStream(
         self, request_iterator: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ClassifyStreamResponse]:
-        handle = lambda r: self._classify(r, deadline_of(context))  # noqa: E731
+        handle = lambda r: self.classify(r, deadline_of(context))  # noqa: E731
         replies = answer_each(request_iterator, handle, pb.ClassifyStreamResponse, "ClassifyStream", self._dataplane)
         async for reply in closing_with_status(replies, context):
             yield reply
 
     @grpc_errors
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
-        return await self._generate(request, deadline_of(context))
+        return await self.generate(request, deadline_of(context))
 
     @grpc_errors
     async def Encode(self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
-        return await self._encode(request, deadline_of(context))
+        return await self.encode(request, deadline_of(context))
 
     async def EncodeStream(
         self, request_iterator: AsyncIterator[pb.EncodeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EncodeStreamResponse]:
-        handle = lambda r: self._encode(r, deadline_of(context))  # noqa: E731
+        handle = lambda r: self.encode(r, deadline_of(context))  # noqa: E731
         replies = answer_each(request_iterator, handle, pb.EncodeStreamResponse, "EncodeStream", self._dataplane)
         async for reply in closing_with_status(replies, context):
             yield reply
 
-    # -- decode -> infer -> encode -------------------------------------------------------
-    async def _classify(self, request: pb.ClassifyRequest, deadline: float | None) -> pb.ClassifyResponse:
+    # -- decode -> infer -> encode: the RPCs without their gRPC context -----------------------
+    # The REST routes (service/transport/http/api.py) call these too, with protocol "http".
+    async def classify(self, request: pb.ClassifyRequest, deadline: float | None, protocol: str = "grpc") -> pb.ClassifyResponse:
         model = self._dataplane.model(request.model or api.DEFAULT_CLASSIFIER, request.version)
-        with observed(model, SURFACE):
+        with observed(model, SURFACE, protocol):
             assets = self._assets.get(model)
             plan = api.plan_classify(request, model.spec, assets, self._limits)
             images = await asyncio.to_thread(decode_images, list(request.images), plan.preprocess, self._limits.images)
             outputs = await self._infer_rows(model, {plan.input: images}, deadline)
             return api.classify_response(request, model.name, model.version, outputs, plan, assets)
 
-    async def _generate(self, request: pb.GenerateRequest, deadline: float | None) -> pb.GenerateResponse:
+    async def generate(self, request: pb.GenerateRequest, deadline: float | None, protocol: str = "grpc") -> pb.GenerateResponse:
         model = self._dataplane.model(request.model or api.DEFAULT_GENERATOR, request.version)
-        with observed(model, SURFACE):
+        with observed(model, SURFACE, protocol):
             assets = self._assets.get(model)
             plan = latent.plan_generate(request, model.spec, assets, self._limits, self._seeds)
             outputs = await self._infer_rows(model, latent.generator_inputs(plan), deadline)
             return await asyncio.to_thread(latent.generate_response, model.name, model.version, plan, outputs, assets)
 
-    async def _encode(self, request: pb.EncodeRequest, deadline: float | None) -> pb.EncodeResponse:
+    async def encode(self, request: pb.EncodeRequest, deadline: float | None, protocol: str = "grpc") -> pb.EncodeResponse:
         model = self._dataplane.model(request.model or api.DEFAULT_ENCODER, request.version)
-        with observed(model, SURFACE):
+        with observed(model, SURFACE, protocol):
             assets = self._assets.get(model)
             plan = api.plan_encode(request, model.spec, assets, self._limits)
             tokens = api.tokens_of(request, plan)
