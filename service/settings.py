@@ -121,7 +121,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """Flags for ``attnserve serve``. Defaults are None so env/defaults show through."""
     p = parser or argparse.ArgumentParser(prog="attnserve serve")
     p.add_argument("--model-repository", dest="model_repository", metavar="DIR")
-    p.add_argument("--host", dest="host", help="address the gRPC port binds (default 127.0.0.1)")
+    p.add_argument("--host", dest="host", help="address the gRPC and HTTP ports bind (default 127.0.0.1)")
     p.add_argument("--grpc-port", dest="grpc_port", metavar="PORT", help="0 picks a free port")
     p.add_argument("--http-port", dest="http_port", metavar="PORT", help="KServe v2 HTTP/REST port (default 8000; 0 picks a free port)")
     p.add_argument("--allow-http", dest="allow_http", metavar="BOOL", help="serve HTTP/REST beside gRPC (default true)")

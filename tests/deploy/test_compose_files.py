@@ -51,7 +51,7 @@ def test_compose_services_are_hardened_and_health_checked(variant, request):
     assert exit_timeout == EXIT_TIMEOUT_S
     assert duration_s(svc["stop_grace_period"]) >= exit_timeout + 10
     assert svc["healthcheck"]["test"][:4] == ["CMD", "python", "-m", "service.healthcheck"]
-    assert {p["target"] for p in svc["ports"]} == {8001, 8002}
+    assert {p["target"] for p in svc["ports"]} == {8000, 8001, 8002}
 
 
 def test_compose_mounts_exist_and_are_read_only(compose_gpu):

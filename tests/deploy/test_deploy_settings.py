@@ -32,7 +32,8 @@ def test_every_attnserve_variable_is_a_setting_the_server_accepts(
         assert not set(env) - known, f"{where}: unknown settings {set(env) - known}"
         settings = Settings.from_sources([], env)  # raises SettingsError on a bad value
         assert settings.host == "0.0.0.0", where
-        assert (settings.grpc_port, settings.metrics_port) == (8001, 8002), where
+        assert (settings.http_port, settings.grpc_port, settings.metrics_port) == (8000, 8001, 8002), where
+        assert settings.allow_http, where
         assert settings.exit_timeout_s == EXIT_TIMEOUT_S, where
         assert str(settings.model_repository) == "/models", where
         expected = "cpu" if "cpu" in where else "cuda"

@@ -82,11 +82,12 @@ def test_runtime_stage_serves_on_all_interfaces_with_a_health_check(dockerfile, 
         "ATTNSERVE_HOST=0.0.0.0",
         "ATTNSERVE_MODEL_REPOSITORY=/models",
         "ATTNSERVE_GRPC_PORT=8001",
+        "ATTNSERVE_HTTP_PORT=8000",
         "ATTNSERVE_METRICS_PORT=8002",
         f"ATTNSERVE_EXIT_TIMEOUT_S={EXIT_TIMEOUT_S}",
     ):
         assert setting in env, setting
-    assert set(s.last("EXPOSE").split()) == {"8001", "8002"}
+    assert set(s.last("EXPOSE").split()) == {"8000", "8001", "8002"}
     assert json.loads(s.last("ENTRYPOINT")) == ["attnserve", "serve"]
     healthcheck = s.last("HEALTHCHECK")
     assert healthcheck and "CMD" in healthcheck

@@ -67,20 +67,19 @@ def test_deployment_requests_one_gpu_and_serves_on_all_interfaces(k8s_objects):
     assert env["ATTNSERVE_HOST"] == "0.0.0.0"
     assert env["ATTNSERVE_PROVIDER"] == "cuda"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": int(env["ATTNSERVE_GRPC_PORT"]), "metrics": int(env["ATTNSERVE_METRICS_PORT"])}
-    assert ports == {"grpc": 8001, "metrics": 8002}
+    assert ports == {"http": int(env["ATTNSERVE_HTTP_PORT"]), "grpc": int(env["ATTNSERVE_GRPC_PORT"]),
+                     "metrics": int(env["ATTNSERVE_METRICS_PORT"])}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
 
 
-def test_deployment_probes_use_grpc_health_on_the_grpc_port(k8s_objects):
+def test_deployment_probes_use_the_v2_health_routes_on_the_http_port(k8s_objects):
     container = container_of(one(k8s_objects, "Deployment", "attnserve"))
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["grpc"]["port"] == 8001, probe
-    # the names the server registers (service/transport/server.py)
-    from service.transport.server import LIVENESS_SERVICE
-
-    assert container["readinessProbe"]["grpc"].get("service", "") == ""
-    assert container["livenessProbe"]["grpc"]["service"] == LIVENESS_SERVICE
-    assert container["startupProbe"]["grpc"]["service"] == LIVENESS_SERVICE
+        assert container[probe]["httpGet"]["port"] == "http", probe
+    # the routes the server answers without a token (service/transport/http/inference.py)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "model loading needs time"
 
@@ -124,6 +123,7 @@ def test_services_select_the_pods_and_expose_grpc_and_metrics(k8s_objects):
     assert selects(service["spec"]["selector"], pod_labels)
     ports = {p["name"]: p for p in service["spec"]["ports"]}
     assert ports["grpc"]["port"] == 8001 and ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
+    assert ports["http"]["port"] == 8000 and ports["http"]["appProtocol"] == "http"
     assert ports["metrics"]["port"] == 8002
     container_ports = {p["name"] for p in container_of(deployment)["ports"]}
     assert {p["targetPort"] for p in ports.values()} <= container_ports
@@ -196,7 +196,8 @@ def test_inferenceservice_is_a_grpc_v2_custom_predictor(inferenceservice):
     assert env["PROTOCOL"] == "v2"
     assert env["ATTNSERVE_GRPC_PORT"] == "8001" and env["ATTNSERVE_HOST"] == "0.0.0.0"
     assert container["resources"]["limits"]["nvidia.com/gpu"] in ("1", 1)
-    assert container["readinessProbe"]["grpc"]["port"] == 8001
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": int(env["ATTNSERVE_HTTP_PORT"])}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8000}
     annotations = isvc["metadata"]["annotations"]
     assert annotations["prometheus.kserve.io/port"] == env["ATTNSERVE_METRICS_PORT"]
     grace = predictor["terminationGracePeriodSeconds"]
