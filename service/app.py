@@ -78,6 +78,8 @@ class App:
 
     def _make_runner(self, path: Path, spec: ModelSpec, telemetry: object) -> OrtRunner:
         threads = self.settings.intra_op_threads or default_intra_op_threads(spec.instance_count)
+        # The model's own timeout when its config sets one, else the server's; 0 = none.
+        timeout = self.settings.execution_timeout_s if spec.execution_timeout_s is None else spec.execution_timeout_s
         return OrtRunner(
             path,
             provider=self.provider,
@@ -86,6 +88,7 @@ class App:
             device_id=self.settings.device_id,
             observer=telemetry,  # type: ignore[arg-type]
             name=spec.name,
+            execution_timeout_s=timeout or None,
         )
 
     async def start(self) -> None:

@@ -43,6 +43,11 @@ class DeadlineExceeded(AttnServeError):
     """The request's deadline or queue timeout passed before it could be computed."""
 
 
+class ExecutionTimeout(AttnServeError):
+    """An execution ran past the model's execution timeout and was abandoned (the instance is
+    replaced). Not the client's deadline: the request may succeed elsewhere, so it is retryable."""
+
+
 class Cancelled(AttnServeError):
     """The caller went away before the request was computed."""
 
@@ -52,4 +57,5 @@ class ShuttingDown(AttnServeError):
 
 
 class InternalError(AttnServeError):
-    """A fault inside the server. The client sees a generic message; the cause is logged."""
+    """A fault inside the server. The message says where (the model), never the cause: the client
+    sees it with a pointer to the server log, where the cause is."""

@@ -43,6 +43,9 @@ LATENCY_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 REJECTION_REASONS = ("queue_full", "deadline", "cancelled", "invalid_input", "shutting_down")
+# Why an execution (a batch) that reached ONNX Runtime failed: the graph raised, or it ran past
+# the model's execution timeout and was abandoned.
+EXECUTION_FAILURE_REASONS = ("error", "timeout")
 
 _MODEL = ("model", "version")
 
@@ -89,6 +92,15 @@ class Metrics:
         self.rejections = Counter(
             "attnserve_rejections_total", "Requests refused or dropped before compute, by reason.",
             _MODEL + ("reason",), registry=r,
+        )
+        self.execution_failures = Counter(
+            "attnserve_execution_failures_total", "Executions (batches) that failed in the runner, by reason.",
+            _MODEL + ("reason",), registry=r,
+        )
+        self.stuck_executions = Gauge(
+            "attnserve_stuck_executions",
+            "Executions abandoned past the execution timeout whose thread has not returned yet.",
+            _MODEL, registry=r,
         )
         self.load_duration = Gauge(
             "attnserve_model_load_duration_seconds", "Time the last load of this version took.", _MODEL, registry=r
@@ -157,6 +169,10 @@ class ModelMetrics:
         self._ready = metrics.model_ready.labels(*labels)
         # Every reason exists from the start at 0, so rate() and alerts see the first rejection.
         self._rejections = {reason: metrics.rejections.labels(*labels, reason) for reason in REJECTION_REASONS}
+        self._failures = {
+            reason: metrics.execution_failures.labels(*labels, reason) for reason in EXECUTION_FAILURE_REASONS
+        }
+        self._stuck = metrics.stuck_executions.labels(*labels)
         # (surface, protocol, code) seen, so remove_series can find the request series again.
         self._request_labels: set[tuple[str, str, str]] = set()
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -192,6 +208,15 @@ class ModelMetrics:
         self._compute_infer.observe(infer_s)
         self._compute_output.observe(output_s)
         self.statistics.compute(input_s, infer_s, output_s)
+
+    def execution_failed(self, reason: str) -> None:
+        counter = self._failures.get(reason)
+        if counter is None:
+            raise ValueError(f"unknown execution failure reason {reason!r}; one of {EXECUTION_FAILURE_REASONS}")
+        counter.inc()
+
+    def stuck_executions(self, count: int) -> None:
+        self._stuck.set(count)
 
     # -- transport ------------------------------------------------------------------------
     def request_done(self, surface: str, code: str, duration_s: float, protocol: str = "grpc") -> None:
@@ -234,9 +259,12 @@ class ModelMetrics:
             m.request_duration.remove(*labels, surface, protocol)
         for reason in REJECTION_REASONS:
             m.rejections.remove(*labels, reason)
+        for reason in EXECUTION_FAILURE_REASONS:
+            m.execution_failures.remove(*labels, reason)
         for collector in (
             m.queue_duration, m.compute_input, m.compute_infer, m.compute_output, m.batch_size,
             m.inferences, m.executions, m.queue_depth, m.inflight, m.load_duration, m.model_ready,
+            m.stuck_executions,
         ):
             collector.remove(*labels)
 

@@ -28,6 +28,7 @@ PAD_INPUTS_PARAM = "attnserve.pad_inputs"
 LIMITS_PARAM = "attnserve.input_limits"
 DISPATCH_WHEN_IDLE_PARAM = "attnserve.dispatch_when_idle"
 MAX_PADDING_PARAM = "attnserve.max_padding_ratio"
+EXECUTION_TIMEOUT_PARAM = "attnserve.execution_timeout_s"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class ModelSpec:
     warmup: tuple[WarmupSample, ...]
     parameters: Mapping[str, str] = field(default_factory=dict)
     version_policy: str = "latest"  # "latest" | "all" | "specific"
+    # attnserve.execution_timeout_s: None when the config does not say (the server's default
+    # applies), 0 for no timeout.
+    execution_timeout_s: float | None = None
     version_policy_values: tuple[int, ...] = (1,)
 
     def input(self, name: str) -> TensorSpec | None:
@@ -147,6 +151,7 @@ def to_spec(config: mc.ModelConfig) -> ModelSpec:
         instance_count=instances,
         warmup=tuple(_warmup(w, where) for w in config.model_warmup),
         parameters=parameters,
+        execution_timeout_s=_ratio(parameters, EXECUTION_TIMEOUT_PARAM, where=where),
         **_version_policy(config),
     )
 

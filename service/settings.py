@@ -46,6 +46,10 @@ class Settings:
     # On SIGTERM the server reports not ready at once but serves on this long before refusing
     # (issue 18): endpoint removal in Kubernetes and load balancers is asynchronous to SIGTERM.
     drain_quiet_s: float = 0.0
+    # One execution (a batch inside ONNX Runtime) running longer than this is abandoned and its
+    # instance replaced (service/runtime/instances.py); a model's config.pbtxt may set its own
+    # (parameter attnserve.execution_timeout_s). 0 turns it off.
+    execution_timeout_s: float = 60.0
     provider: str = "auto"
     device_id: int = 0
     # 0: share the machine's cores among the sessions of all instances (see runtime.runner).
@@ -134,6 +138,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--drain-quiet-secs", dest="drain_quiet_s", metavar="SECONDS",
         help="on SIGTERM, report not ready but keep serving this long before draining (default 0)",
     )
+    p.add_argument(
+        "--execution-timeout-secs", dest="execution_timeout_s", metavar="SECONDS",
+        help="abandon and replace an instance whose execution runs longer (default 60; 0: off)",
+    )
     p.add_argument("--provider", dest="provider", choices=PROVIDERS)
     p.add_argument("--device-id", dest="device_id", metavar="N")
     p.add_argument("--intra-op-threads", dest="intra_op_threads", metavar="N")
@@ -221,6 +229,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"exit_timeout_s={s.exit_timeout_s}: must be in (0, 3600] seconds")
     if not 0 <= s.drain_quiet_s <= 3600:
         raise SettingsError(f"drain_quiet_s={s.drain_quiet_s}: must be in [0, 3600] seconds")
+    if not 0 <= s.execution_timeout_s <= 86400:
+        raise SettingsError(f"execution_timeout_s={s.execution_timeout_s}: must be in [0, 86400] seconds (0 = off)")
     if s.provider not in PROVIDERS:
         raise SettingsError(f"provider={s.provider!r}: one of {', '.join(PROVIDERS)}")
     if s.device_id < 0:

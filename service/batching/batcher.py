@@ -134,6 +134,10 @@ class DynamicBatcher:
                 self._observer.rejected("cancelled")
                 self._queue_changed()
             raise
+        finally:
+            # A failure raised here holds this frame (its traceback) and item.future holds the
+            # failure: break the cycle, so a failed request's memory is freed at once.
+            item = None  # type: ignore[assignment]
 
     def _idle_for_one(self) -> bool:
         """True when a request arriving now is plainly alone: nothing queued, nothing executing,
@@ -305,6 +309,10 @@ class DynamicBatcher:
             for item in items:
                 item.fail(ShuttingDown(f"model '{self.name}' shut down during execution"))
             self._observer.batch_finished(rows, len(items), ok)
+            # A failure's traceback holds this frame, whose items hold the futures holding that
+            # failure: a cycle that would keep the batch's inputs until the garbage collector
+            # runs (measured: +10 MiB RSS over 2,000 failed requests). Dropped here instead.
+            items = item = None  # type: ignore[assignment]
 
     def _queue_changed(self) -> None:
         self._observer.queue_depth(len(self._queue))

@@ -1,9 +1,11 @@
-"""OrtRunner: one model's ONNX Runtime sessions, run in executor threads, never on the event loop.
+"""OrtRunner: one model's ONNX Runtime sessions, run in worker threads, never on the event loop.
 
-``instances`` sessions (Triton's instance_group count) wait in a pool; a dedicated thread pool
-of the same size takes one session per execution, so at most ``instances`` executions run at
-once and each owns its session while it runs. Each execution is timed in three parts, reported
-to a :class:`ComputeObserver` as Triton's compute_input / compute_infer / compute_output:
+``instances`` sessions (Triton's instance_group count) each belong to one worker thread of an
+:class:`~service.runtime.instances.InstancePool`, so at most ``instances`` executions run at
+once and each owns its session while it runs. The pool also enforces the execution timeout:
+an execution past it is abandoned and its instance replaced (see instances.py). Each execution
+is timed in three parts, reported to a :class:`ComputeObserver` as Triton's compute_input /
+compute_infer / compute_output:
 
 - input: dtype and contiguity checks; on CUDA also the host-to-device copy;
 - infer: the graph run;
@@ -14,15 +16,16 @@ the outputs come back as numpy arrays, so IOBinding saves nothing (measured: 53 
 against 60 us for bind + ``run_with_iobinding`` on a small MatMul). On CUDA, IOBinding with
 both ends on the device lets the copies be timed apart from the kernels and lets onnxruntime
 allocate outputs whose shape is only known after the run.
+
+A graph that raises fails only that execution: InternalError naming the model and version goes
+to the callers, the cause to the log (one ERROR line), and the count to
+``attnserve_execution_failures_total{reason="error"}``; the session serves the next execution.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import queue
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,7 +33,8 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import InternalError, ModelLoadError, ModelNotReady
+from service.errors import InternalError, ModelLoadError
+from service.runtime.instances import InstancePool
 from service.runtime.meta import TensorMeta, read_meta
 from service.runtime.providers import CUDA_EP, execution_providers, resolve_provider
 from service.runtime.session import open_session, session_options
@@ -41,6 +45,12 @@ log = logging.getLogger(__name__)
 class ComputeObserver(Protocol):
     def compute(self, input_s: float, infer_s: float, output_s: float) -> None:
         """One execution's input preparation, graph run and output copy, in seconds."""
+
+    def execution_failed(self, reason: str) -> None:
+        """One execution failed: "error" (the graph raised) or "timeout" (abandoned)."""
+
+    def stuck_executions(self, count: int) -> None:
+        """Abandoned executions still inside ONNX Runtime (called from any thread)."""
 
 
 @dataclass(frozen=True)
@@ -61,11 +71,14 @@ class OrtRunner:
         device_id: int = 0,
         observer: ComputeObserver | None = None,
         name: str | None = None,
+        execution_timeout_s: float | None = None,
     ) -> None:
         """Creates the sessions (blocking, seconds for a large model: call it off the event loop).
 
         ``provider`` is auto, cpu or cuda (see :mod:`service.runtime.providers`). ``name``
-        labels the executor threads ("ort-<name>_0"); it defaults to the file's model folder.
+        names the model in error messages and labels the worker threads ("ort-<name>_0"); it
+        defaults to the file's model folder, and the version is the folder above the file.
+        ``execution_timeout_s`` (None: no limit) bounds one execution; see instances.py.
         """
         if instances < 1:
             raise ModelLoadError(f"instances must be >= 1, got {instances}")
@@ -73,23 +86,37 @@ class OrtRunner:
         self.device_id = device_id
         self._observer = observer
         self.provider = resolve_provider(provider)
-        sessions = self._open_sessions(provider, instances, max(1, intra_op_threads))
+        threads = max(1, intra_op_threads)
+        sessions = self._open_sessions(provider, instances, threads)
         self.providers: tuple[str, ...] = tuple(sessions[0].get_providers())
         self.input_meta: tuple[TensorMeta, ...] = read_meta(sessions[0].get_inputs(), "input")
         self.output_meta: tuple[TensorMeta, ...] = read_meta(sessions[0].get_outputs(), "output")
         self._inputs = {m.name: m for m in self.input_meta}
         self._output_names = [m.name for m in self.output_meta]
 
-        self._sessions = sessions
-        self._idle: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
-        for session in sessions:
-            self._idle.put(session)
-        label = name or (model_path.parent.parent.name or model_path.stem)
-        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"ort-{label}")
+        self.name = name or (model_path.parent.parent.name or model_path.stem)
+        self.version = model_path.parent.name if model_path.parent.name.isdigit() else ""
+        self._what = f"model '{self.name}'" + (f" version {self.version}" if self.version else "")
+        # A replacement for a stuck instance opens its session the same way (in its own thread).
+        options, providers = session_options(threads), execution_providers(self.provider, device_id)
+        self._pool: InstancePool[ort.InferenceSession, tuple[dict[str, np.ndarray], _Timing]] = InstancePool(
+            sessions,
+            execute=self._execute,
+            open_session=lambda: open_session(model_path, options, providers),
+            name=self.name,
+            version=self.version,
+            timeout_s=execution_timeout_s,
+            observer=_StuckReport(observer) if observer is not None else None,
+        )
+        # onnxruntime prints a failing node's error to stderr itself, then raises it; _internal
+        # logs the raised one (naming the model), so the print is turned off for runs.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4  # fatal only
         self._closed = False
         log.info(
-            "loaded %s: %d instance(s) on %s, %d intra-op thread(s) each",
-            model_path, instances, self.providers[0], max(1, intra_op_threads),
+            "loaded %s: %d instance(s) on %s, %d intra-op thread(s) each, execution timeout %s",
+            model_path, instances, self.providers[0], threads,
+            f"{execution_timeout_s:g} s" if execution_timeout_s else "off",
         )
 
     def _open_sessions(self, setting: str, instances: int, threads: int) -> list[ort.InferenceSession]:
@@ -111,15 +138,17 @@ class OrtRunner:
 
     # -- running ---------------------------------------------------------------------------
     async def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs one execution in an executor thread; returns every graph output by name."""
-        if self._closed:
-            raise ModelNotReady("model is unloading")
-        loop = asyncio.get_running_loop()
+        """Runs one execution in a worker thread; returns every graph output by name.
+
+        Raises InternalError when the graph fails, ExecutionTimeout when the execution was
+        abandoned past the timeout, ModelNotReady when closed or every instance is stuck.
+        """
         try:
-            future = loop.run_in_executor(self._executor, self._execute, inputs)
-        except RuntimeError as exc:  # the executor shut down between the check and the submit
-            raise ModelNotReady("model is unloading") from exc
-        outputs, timing = await future
+            outputs, timing = await self._pool.run(inputs)
+        except InternalError:
+            if self._observer is not None:
+                self._observer.execution_failed("error")
+            raise
         # Reported here, on the loop and in the caller's task, not from the worker thread:
         # observers then see this call between the batcher's batch_started and batch_finished
         # of the same execution and need no locking of their own.
@@ -127,24 +156,23 @@ class OrtRunner:
             self._observer.compute(timing.input_s, timing.infer_s, timing.output_s)
         return outputs
 
-    def _execute(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], _Timing]:
-        session = self._idle.get()
+    def _execute(
+        self, session: ort.InferenceSession, inputs: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], _Timing]:
+        """In a worker thread, on that instance's own session."""
+        t0 = time.perf_counter()
+        feeds = self._prepare(inputs)
+        if self.provider == "cuda":
+            return self._execute_cuda(session, feeds, t0)
+        t1 = time.perf_counter()
         try:
-            t0 = time.perf_counter()
-            feeds = self._prepare(inputs)
-            if self.provider == "cuda":
-                return self._execute_cuda(session, feeds, t0)
-            t1 = time.perf_counter()
-            try:
-                arrays = session.run(self._output_names, feeds)
-            except Exception as exc:
-                raise self._internal(exc) from exc
-            t2 = time.perf_counter()
-            outputs = dict(zip(self._output_names, arrays))
-            t3 = time.perf_counter()
-            return outputs, _Timing(t1 - t0, t2 - t1, t3 - t2)
-        finally:
-            self._idle.put(session)
+            arrays = session.run(self._output_names, feeds, self._run_options)
+        except Exception as exc:
+            raise self._internal(exc, feeds) from exc
+        t2 = time.perf_counter()
+        outputs = dict(zip(self._output_names, arrays))
+        t3 = time.perf_counter()
+        return outputs, _Timing(t1 - t0, t2 - t1, t3 - t2)
 
     def _execute_cuda(
         self, session: ort.InferenceSession, feeds: dict[str, np.ndarray], t0: float
@@ -164,12 +192,12 @@ class OrtRunner:
                 binding.bind_output(name, "cuda", self.device_id)
             t1 = time.perf_counter()
             # Returns after the CUDA stream is synchronised, so t2 - t1 is the kernels' time.
-            session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding, self._run_options)
             t2 = time.perf_counter()
             arrays = binding.copy_outputs_to_cpu()
             t3 = time.perf_counter()
         except Exception as exc:
-            raise self._internal(exc) from exc
+            raise self._internal(exc, feeds) from exc
         return dict(zip(self._output_names, arrays)), _Timing(t1 - t0, t2 - t1, t3 - t2)
 
     def _prepare(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -186,30 +214,51 @@ class OrtRunner:
         return feeds
 
     def _bug(self, detail: str) -> InternalError:
-        log.error("inference refused for %s: %s", self.model_path, detail)
-        return InternalError("inference failed")
+        log.error("%s: inference refused before ONNX Runtime: %s", self._what, detail)
+        return InternalError(f"{self._what}: inference failed")
 
-    def _internal(self, exc: BaseException) -> InternalError:
+    def _internal(self, exc: BaseException, feeds: dict[str, np.ndarray]) -> InternalError:
         # Shape errors from onnxruntime land here too: the codec checks shapes before this layer,
-        # so one reaching the graph is our fault, not the client's.
-        log.error("inference failed for %s: %s", self.model_path, exc, exc_info=exc)
-        return InternalError("inference failed")
+        # so one reaching the graph is our fault, not the client's. One line, no traceback: the
+        # Python frames are always this method's caller, and a model failing every batch would
+        # otherwise write a screenful per batch; onnxruntime's message names the node.
+        shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in feeds.items())
+        log.error("%s: inference failed inside ONNX Runtime (inputs %s): %s", self._what, shapes, str(exc).strip())
+        return InternalError(f"{self._what}: inference failed inside ONNX Runtime")
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
         """Waits for executions in flight, stops the threads and drops the sessions.
 
-        Blocks while an execution finishes; the repository drains the batcher first, and from
-        the event loop it belongs in ``asyncio.to_thread``. Idempotent.
+        Blocks while an execution finishes (abandoned ones are not waited for); the repository
+        drains the batcher first, and from the event loop it belongs in ``asyncio.to_thread``.
+        Idempotent.
         """
         if self._closed:
             return
         self._closed = True
-        self._executor.shutdown(wait=True)
-        while not self._idle.empty():
-            self._idle.get_nowait()
-        self._sessions.clear()
+        self._pool.close()
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def stuck_executions(self) -> int:
+        """Abandoned executions still inside ONNX Runtime."""
+        return self._pool.stuck
+
+
+class _StuckReport:
+    """The pool's two events, told to the runner's observer in its terms."""
+
+    __slots__ = ("_observer",)
+
+    def __init__(self, observer: ComputeObserver) -> None:
+        self._observer = observer
+
+    def execution_timed_out(self) -> None:
+        self._observer.execution_failed("timeout")
+
+    def stuck_executions(self, count: int) -> None:
+        self._observer.stuck_executions(count)

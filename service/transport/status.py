@@ -25,6 +25,9 @@ STATUS_BY_ERROR: dict[type[errors.AttnServeError], grpc.StatusCode] = {
     errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     errors.QueueFull: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    # Retryable elsewhere (another replica, or this one once the instance is replaced); not
+    # DEADLINE_EXCEEDED, which clients read as their own deadline and do not retry.
+    errors.ExecutionTimeout: grpc.StatusCode.UNAVAILABLE,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     errors.InternalError: grpc.StatusCode.INTERNAL,
@@ -40,7 +43,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     for cls in type(exc).__mro__:
         code = STATUS_BY_ERROR.get(cls)  # type: ignore[arg-type]
         if code is not None:
-            message = INTERNAL_MESSAGE if code is grpc.StatusCode.INTERNAL else exc.message  # type: ignore[attr-defined]
+            message = exc.message  # type: ignore[attr-defined]
+            if code is grpc.StatusCode.INTERNAL:
+                # InternalError says where (which model), never the cause; that is in the log.
+                message = f"{message}: {INTERNAL_MESSAGE}" if message else INTERNAL_MESSAGE
             if len(message) > MAX_MESSAGE_CHARS:
                 suffix = " ... (shortened)"
                 message = message[: MAX_MESSAGE_CHARS - len(suffix)] + suffix
@@ -49,8 +55,11 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 def log_if_fault(exc: BaseException, what: str) -> None:
-    code, _ = status_for(exc)
-    if code is grpc.StatusCode.INTERNAL:
+    """Logs a fault no layer below has logged: a bug or a library error. A domain error was
+    logged where it arose if it needed to be (an InternalError with its cause, by the runner or
+    the batcher, once per execution): logging it again here would write one traceback per
+    request of the batch, a flood when a model fails every batch."""
+    if not isinstance(exc, errors.AttnServeError):
         log.error("%s failed", what, exc_info=exc)
 
 
@@ -67,12 +76,15 @@ def grpc_errors(method: F) -> F:
         except errors.AttnServeError as exc:
             log_if_fault(exc, method.__name__)
             code, message = status_for(exc)
-            await context.abort(code, message)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # a bug or a library fault: never leak its text to clients
             log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+            code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+        # Aborted outside the except clause: grpc.aio keeps its AbortError in a reference cycle
+        # (with the call's state), and raised inside the clause it would chain the domain
+        # error, its traceback and every frame of the request path (inputs included) into it.
+        await context.abort(code, message)
 
     return wrapper  # type: ignore[return-value]
 

@@ -73,10 +73,17 @@ class RecordingObserver:
     def __init__(self) -> None:
         self.calls: list[tuple[float, float, float]] = []
         self.threads: list[threading.Thread] = []
+        self.failures: list[str] = []
 
     def compute(self, input_s: float, infer_s: float, output_s: float) -> None:
         self.calls.append((input_s, infer_s, output_s))
         self.threads.append(threading.current_thread())
+
+    def execution_failed(self, reason: str) -> None:
+        self.failures.append(reason)
+
+    def stuck_executions(self, count: int) -> None:
+        pass
 
 
 class GatedInputs(dict):
@@ -220,13 +227,21 @@ async def test_two_instances_run_two_executions_at_once(affine_model: Path) -> N
 # -- errors -------------------------------------------------------------------------------
 
 
-async def test_onnxruntime_failure_is_internal_error_with_cause(affine_model: Path) -> None:
-    runner = _runner(affine_model)
+async def test_onnxruntime_failure_is_internal_error_naming_the_model(tmp_path: Path, affine_model: Path) -> None:
+    """The message names model and version (the folder above the file), never onnxruntime's
+    text; the cause is chained and logged; the failure is counted; the session serves on."""
+    (tmp_path / "affine" / "2").mkdir(parents=True)
+    path = affine_model.rename(tmp_path / "affine" / "2" / "model.onnx")
+    observer = RecordingObserver()
+    runner = OrtRunner(path, provider="cpu", instances=1, intra_op_threads=1, observer=observer)
     try:
         with pytest.raises(InternalError) as info:
             await runner.run({"X": np.ones((2, 5), np.float32)})  # dim 1 is fixed at 3
-        assert info.value.message == "inference failed"
+        assert info.value.message == "model 'affine' version 2: inference failed inside ONNX Runtime"
         assert info.value.__cause__ is not None
+        assert observer.failures == ["error"]
+        out = await runner.run({"X": np.ones((2, 3), np.float32)})
+        np.testing.assert_array_equal(out["Y"], np.full((2, 3), 3.0, np.float32))
     finally:
         runner.close()
 
