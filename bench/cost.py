@@ -122,7 +122,9 @@ def measure(tree: Path, repository: Path, model: str, levels: list[int], count: 
     command = [sys.executable, "-m", "service", "serve", "--model-repository", str(repository),
                "--grpc-port", "0", "--allow-metrics", "false", "--load-model", model]
     with tempfile.TemporaryFile("w+") as log:
-        server = subprocess.Popen(command, cwd=tree, stderr=log, stdout=log, text=True)
+        # HTTP on an OS-picked port through the environment (a tree from before HTTP ignores it).
+        env = {**os.environ, "ATTNSERVE_HTTP_PORT": "0"}
+        server = subprocess.Popen(command, cwd=tree, stderr=log, stdout=log, text=True, env=env)
         try:
             deadline, url = time.monotonic() + 120, None
             while url is None:

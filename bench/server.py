@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-READY_LINE = re.compile(r"attnserve ready: grpc=(?P<grpc>\S+) metrics=(?P<metrics>\S+)")
+READY_LINE = re.compile(r"attnserve ready: grpc=(?P<grpc>\S+) metrics=(?P<metrics>\S+)(?: http=(?P<http>\S+))?")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -177,7 +177,8 @@ class AttnServer(ManagedProcess):
         argv = [
             sys.executable, "-m", "service", "serve",
             "--model-repository", str(repository),
-            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+            # Every port picked by the OS: two servers (or a test run's) never collide on 8000/8001.
+            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
             "--provider", provider, *flags,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATTNSERVE_")}
@@ -185,6 +186,7 @@ class AttnServer(ManagedProcess):
         super().__init__(argv, log_path, env)
         self.url = ""
         self.metrics_url = ""
+        self.http_url = ""  # http://127.0.0.1:PORT, "" with --allow-http false
 
     def wait_ready(self, timeout_s: float = 300.0) -> "AttnServer":
         deadline = time.monotonic() + timeout_s
@@ -193,6 +195,7 @@ class AttnServer(ManagedProcess):
             if match:
                 self.url = match["grpc"]
                 self.metrics_url = "" if match["metrics"] == "off" else match["metrics"]
+                self.http_url = "" if match["http"] in (None, "off") else match["http"]
                 if "NOT loaded" in self.log_text().split("attnserve ready:", 1)[1].splitlines()[0]:
                     raise ServerFailed(f"a model failed to load:\n{self.tail()}")
                 return self
