@@ -90,6 +90,7 @@ class Router:
 
 
 # -- answers -----------------------------------------------------------------------------------
+RETRYABLE = frozenset({429, 503})  # queue full; not ready, draining, unloading, stuck
 def json_response(document: Any, status: int = 200) -> web.Response:
     return web.Response(body=dumps(document), status=status, content_type=JSON)
 
@@ -106,7 +107,12 @@ def error_response(exc: BaseException, what: str) -> web.Response:
         return response
     log_if_fault(exc, what)
     status, _code, message = http_status_for(exc)
-    return json_response({"error": message}, status)
+    response = json_response({"error": message}, status)
+    if status in RETRYABLE:
+        # RFC 9110: how long to wait before retrying. One second: a full queue or a draining
+        # replica clears in well under that, and proxies (and KServe's) honour the header.
+        response.headers["Retry-After"] = "1"
+    return response
 
 
 # -- bodies ------------------------------------------------------------------------------------

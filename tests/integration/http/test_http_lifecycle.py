@@ -69,6 +69,23 @@ def test_load_refused_when_model_control_is_none(start_server, make_repository) 
             client.unload_model(SECNN)
         assert refused.value.status() == "503" and "not allowed" in refused.value.message()
         assert client.is_model_ready(SECNN)
+        host, port = address(server).rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            conn.request("POST", f"/v2/repository/models/{SECNN}/unload", body=b"{}")
+            reply = conn.getresponse()
+            assert reply.status == 503 and "not allowed" in json.loads(reply.read())["error"]
+            assert reply.getheader("Retry-After") == "1"  # retryable: says when
+        finally:
+            conn.close()
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            conn.request("GET", "/v2/models/no_such_model")
+            reply = conn.getresponse()
+            reply.read()
+            assert reply.status == 404 and reply.getheader("Retry-After") is None  # not retryable
+        finally:
+            conn.close()
     finally:
         client.close()
 
