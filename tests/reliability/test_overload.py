@@ -227,3 +227,43 @@ def test_max_concurrent_rpcs_refuses_at_once(start_server, make_repository, mode
         for future in held:
             assert len(future.result(timeout=120).raw_output_contents) == 3
     assert server.wait(60) == 0
+
+
+def test_max_concurrent_requests_over_http_refuses_at_once_but_not_probes(start_server, make_repository, model_repository) -> None:
+    """The same bound on the HTTP port: two inference requests held, a third gets 429 with
+    Retry-After at once, while the health probes (not counted) still answer 200; the held two
+    are answered."""
+    import http.client
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    repository = make_repository(models=(SECNN,), edits={SECNN: _hold})
+    server = start_server("--max-concurrent-rpcs", "2", repository=repository)
+    host, port = server.http_url.split("://", 1)[1].rsplit(":", 1)
+    arrays = sample_inputs(model_repository, SECNN, 1, np.random.default_rng(72))
+    body = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(arrays["image"].shape),
+                                   "data": arrays["image"].ravel().tolist()}]}).encode()
+
+    def call(method: str, path: str, payload: bytes | None = None) -> tuple[int, dict, bytes]:
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        try:
+            conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+            reply = conn.getresponse()
+            return reply.status, dict(reply.getheaders()), reply.read()
+        finally:
+            conn.close()
+
+    infer = f"/v2/models/{SECNN}/infer"
+    with ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(call, "POST", infer, body) for _ in range(2)]
+        wait_until(lambda: server.metric("attnserve_queue_depth", model=SECNN) == 2, what="two requests held")
+        status, headers, answer = call("POST", infer, body)
+        assert status == 429 and headers.get("Retry-After") == "1"
+        assert "limit of 2 concurrent requests" in json.loads(answer)["error"]
+        assert call("GET", "/v2/health/ready")[0] == 200  # probes are not counted
+        assert call("GET", "/v2/health/live")[0] == 200
+        server.terminate()  # the drain computes what is queued
+        for future in held:
+            status, _, answer = future.result(timeout=120)
+            assert status == 200 and json.loads(answer)["outputs"]
+    assert server.wait(60) == 0

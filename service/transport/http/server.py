@@ -48,8 +48,14 @@ class HttpServer:
         max_body_bytes: int,
         token: auth.BearerTokenAuth | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        max_concurrent: int = 0,
     ) -> None:
+        """``max_concurrent`` (0: none) bounds the requests handled at once, as
+        --max-concurrent-rpcs bounds the gRPC port's calls; the health probes are not counted, so a
+        saturated replica is not restarted by its liveness probe."""
         self._router = Router(routes)
+        self._max_concurrent = max_concurrent
+        self._active = 0
         self._dataplane = dataplane
         self._max_body_bytes = max_body_bytes
         self._token = token
@@ -72,7 +78,17 @@ class HttpServer:
                 length = request.content_length
                 if length is not None and length > self._max_body_bytes:
                     raise too_large(self._max_body_bytes)
-            response = await route.handler(request, *captured)
+            if route.public or not self._max_concurrent:
+                response = await route.handler(request, *captured)
+            else:
+                if self._active >= self._max_concurrent:
+                    raise HttpError(429, f"the server is handling its limit of {self._max_concurrent} concurrent "
+                                         "requests (--max-concurrent-rpcs); retry", {"Retry-After": "1"})
+                self._active += 1
+                try:
+                    response = await route.handler(request, *captured)
+                finally:
+                    self._active -= 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -130,4 +146,5 @@ def build_http_server(settings: Settings, routes: Sequence[Route], dataplane: Da
         max_body_bytes=settings.max_message_bytes,
         token=auth.from_settings(settings),
         ssl_context=ssl_context(settings),
+        max_concurrent=settings.max_concurrent_rpcs,
     )
