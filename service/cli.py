@@ -47,6 +47,9 @@ def _serve(argv: list[str]) -> int:
     except SettingsError as exc:
         print(f"attnserve serve: {exc}", file=sys.stderr)
         return 2
+    from service.transport import grpc_core
+
+    grpc_core.configure(settings.grpc_experiments)  # before grpc is imported (it reads it once)
     from service.app import run
 
     from service.errors import AttnServeError

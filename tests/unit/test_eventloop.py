@@ -60,3 +60,32 @@ def test_settings_reject_an_unknown_loop() -> None:
     with pytest.raises(SettingsError, match="event_loop"):
         Settings(event_loop="trio")
     assert Settings.from_sources(["--event-loop", "asyncio"], environ={}).event_loop == "asyncio"
+
+
+# -- grpc core experiments (service/transport/grpc_core.py) -----------------------------------------
+def test_grpc_experiments_are_set_unless_the_operator_set_them() -> None:
+    from service.transport import grpc_core
+
+    env: dict[str, str] = {}
+    assert grpc_core.configure("-event_engine_listener", env) == "-event_engine_listener"
+    assert env == {"GRPC_EXPERIMENTS": "-event_engine_listener"}
+    theirs = {"GRPC_EXPERIMENTS": "event_engine_listener"}
+    assert grpc_core.configure("-event_engine_listener", theirs) == "event_engine_listener"
+    assert theirs == {"GRPC_EXPERIMENTS": "event_engine_listener"}  # untouched
+    for none in ("none", ""):
+        empty: dict[str, str] = {}
+        assert grpc_core.configure(none, empty) == "" and empty == {}  # grpc's defaults
+
+
+def test_grpc_experiments_setting_is_validated() -> None:
+    import pytest
+
+    from service.settings import Settings, SettingsError
+
+    assert Settings.from_sources([], {}).grpc_experiments == "-event_engine_listener"
+    assert Settings.from_sources(["--grpc-experiments", "none"], {}).grpc_experiments == "none"
+    assert Settings.from_sources(["--grpc-experiments=-a_b,c1"], {}).grpc_experiments == "-a_b,c1"
+    assert Settings.from_sources([], {"ATTNSERVE_GRPC_EXPERIMENTS": "x,-y"}).grpc_experiments == "x,-y"
+    for bad in ("a b", "-", "a,,b", "A;rm"):
+        with pytest.raises(SettingsError, match="grpc_experiments"):
+            Settings.from_sources([f"--grpc-experiments={bad}"], {})
