@@ -2,6 +2,6 @@
 ONNX Runtime ceiling, starts the server (and a peer), drives it with real clients and writes
 results (JSON, Markdown, PNG). See bench/README.md.
 
-Nothing is imported here: ``bench.peer.runtime`` is imported by MLServer in its own virtual
-environment, which has neither grpc stubs nor matplotlib.
+Nothing is imported here: ``bench.peer.*_runtime``/``*_model`` are imported by the peers in their own virtual
+environments, which have neither grpc stubs nor matplotlib.
 """

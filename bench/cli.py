@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="attnserve benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the scenarios")
-    sub.add_parser("peer-setup", help="create .venv-peer with MLServer (the peer)")
+    setup = sub.add_parser("peer-setup", help="create the peers' virtual environments (MLServer, Triton, KServe)")
+    setup.add_argument("--peer", action="append", choices=["mlserver", "triton", "kserve"],
+                       help="only this peer (repeatable; default: all three)")
     run = sub.add_parser("run", help="run scenarios and write results")
     pick = run.add_argument_group("what to run")
     pick.add_argument("--scenario", action="append", default=[], choices=sorted(SCENARIOS), metavar="NAME",
@@ -88,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{scenario.name:28s} {scenario.description}  [{', '.join(scenario.drivers)}]")
         return 0
     if args.command == "peer-setup":
-        from bench.peer.launch import ensure_venv
+        from bench.peer import PEERS, peer_class
 
-        print(ensure_venv())
+        for name in args.peer or list(PEERS):
+            print(f"{name}: {peer_class(name).ensure_venv()}")
         return 0
 
     names = list(SCENARIOS) if args.all else list(dict.fromkeys(args.scenario))

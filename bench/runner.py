@@ -200,30 +200,21 @@ def _run_floor(answer: Path, payloads, levels, opts, work, results, progress) ->
 
 
 def _run_peer(workload, model_path, samples, payloads, levels, opts, work, results, progress) -> None:
-    from bench.peer import launch
+    """MLServer on the same file (the scenario sweeps' peer; bench/peers.py compares all of them)."""
+    from bench.peer.base import PeerModel
+    from bench.peer.mlserver import MLServerPeer
 
     progress.start("peer start")
     try:
-        venv = launch.ensure_venv()
+        MLServerPeer.ensure_venv()
     except Exception as exc:
         results["skipped"]["peer"] = f"no peer environment: {exc}"
         return
-    batching = workload.describe()["dynamic_batching"] or {}
     threads = ceiling.server_threads(1, _flag_int(opts.server_flags, "--intra-op-threads"))
-    delay_s = batching.get("max_queue_delay_microseconds", 0) / 1e6
-    folder, port = launch.write_settings(
-        work / "peer", workload.name, model_path, max_batch_size=workload.spec.max_batch_size,
-        max_batch_time_s=delay_s, intra_op_threads=threads,
-    )
-    peer = launch.PeerServer(folder, port, workload.name, work / "peer.log", venv).start()
+    peer = MLServerPeer(PeerModel.from_workload(workload, model_path, threads), work / "peer").start()
     try:
         peer.wait_ready()
-        results["peer"] = {
-            "server": f"MLServer {launch.MLSERVER_VERSION}", "runtime": "bench/peer/runtime.py (ONNX Runtime, attnserve's session options)",
-            "max_batch_size": workload.spec.max_batch_size, "max_batch_time_s": delay_s,
-            "intra_op_threads": threads, "parallel_workers": 1,
-            "rss_after_ready_mib": round((peer.stats.rss() or 0) / 2**20, 1),
-        }
+        results["peer"] = peer.describe() | {"rss_after_ready_mib": round((peer.stats.rss() or 0) / 2**20, 1)}
         results["checks"]["peer_v2"] = verify_v2(peer.url, workload.name, model_path, samples[: opts.check_requests])
         progress.done()
         levels_out = sweep_loadgen(peer.url, payloads, levels, opts, peer, progress, "peer")
@@ -234,7 +225,7 @@ def _run_peer(workload, model_path, samples, payloads, levels, opts, work, resul
         results["skipped"]["peer"] = f"{type(exc).__name__}: {exc}"
     finally:
         peer.stop()
-        results.setdefault("peer", {})["rss"] = peer.stats.summary()
+        results.setdefault("peer", {})["rss"] = peer.stats.summary() if peer.stats else None
 
 
 def _flag_int(flags: tuple[str, ...], name: str) -> int:
