@@ -101,6 +101,7 @@ def run_case(case: Case, peers: tuple[str, ...], cache: Path, work: Path, defaul
     samples = workload.pool(256, np.random.default_rng(0))
     payloads = V2Surface().payloads_from(workload, samples)
     out: dict = {"case": case.name, "description": case.description, "model": workload.describe(),
+                 "overhead_only": case.base == "trivial",
                  "levels": list(case.levels), "load_average": [machine.load_average()], "systems": {}, "skipped": {}}
 
     points, settings = ceiling.measure(workload, model_path, samples, sizes=ceiling.batch_sizes(workload.spec.max_batch_size),
@@ -186,7 +187,8 @@ def markdown(results: dict) -> str:
     for case in results["cases"]:
         best = (case["ceiling"]["best"] or {}).get("throughput_rows_s")
         top = max(case["levels"])
-        share = _ratio(at(case, "attnserve", top, "throughput_rps"), best)
+        # A trivial graph's ceiling is millions of rows/s: a share of it says nothing.
+        share = None if case.get("overhead_only") else _ratio(at(case, "attnserve", top, "throughput_rps"), best)
         for row in summary_rows(case):
             values = [v for k, v in row.items() if k not in ("case", "peer")]
             lines.append(f"| {case['case']} | {row['peer']} | " + " | ".join(_num(v, 2) for v in values)
@@ -228,7 +230,7 @@ def bar_chart(results: dict, path: Path) -> Path | None:
         top = max(case["levels"])
         values = [at(case, s, top, "throughput_rps") or 0 for s in systems]
         ax.bar(systems, values, color=["tab:blue", "tab:green", "tab:purple", "tab:red"])
-        best = (case["ceiling"]["best"] or {}).get("throughput_rows_s")
+        best = None if case.get("overhead_only") else (case["ceiling"]["best"] or {}).get("throughput_rows_s")
         if best:
             ax.axhline(best, color="grey", linestyle="--", linewidth=1, label="in-process ceiling")
             ax.legend(fontsize=7)
