@@ -13,12 +13,17 @@ tell how much of the added latency is the server's own work (decoding, batching,
 to the inference thread, encoding) and how much is the transport. Its throughput at the top
 concurrency level is likewise the most requests per second grpc.aio answers here with the load
 generator sharing the cores.
+
+Two modes (``--mode``): ``aio`` is grpc.aio as attnserve runs it (the same event loop choice,
+uvloop when installed, and attnserve's default GRPC_EXPERIMENTS); ``sync`` is grpcio's
+thread-pool server (``grpc.server``), the other way a Python service can answer gRPC. Both
+answer from Python for every call, which is what separates them from a C++ front end such as
+Triton's (bench/peers.py puts them beside it on a trivial graph).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import sys
 import time
@@ -43,8 +48,9 @@ def capture_answer(url: str, payload: Payload, timeout_s: float = 60.0) -> bytes
 class FloorServer(ManagedProcess):
     """``python -m bench.floor`` on loopback with an OS-picked port; ready when it says so."""
 
-    def __init__(self, answer_file: Path, log_path: Path) -> None:
-        super().__init__([sys.executable, "-m", "bench.floor", "--answer", str(answer_file), "--port", "0"], log_path)
+    def __init__(self, answer_file: Path, log_path: Path, mode: str = "aio") -> None:
+        super().__init__([sys.executable, "-m", "bench.floor", "--answer", str(answer_file), "--port", "0",
+                          "--mode", mode], log_path)
         self.env["PYTHONUNBUFFERED"] = "1"
         self.url = ""
 
@@ -77,14 +83,41 @@ async def serve(answer: bytes, host: str, port: int) -> None:
     await server.wait_for_termination()
 
 
+def serve_sync(answer: bytes, host: str, port: int, workers: int) -> None:
+    from concurrent import futures
+
+    def model_infer(_request: bytes, _context: grpc.ServicerContext) -> bytes:
+        return answer
+
+    handler = grpc.unary_unary_rpc_method_handler(model_infer, request_deserializer=None, response_serializer=None)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS,
+                         handlers=(grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": handler}),))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {host}:{port}")
+    server.start()
+    print(f"floor listening on {host}:{bound} ({len(answer)} answer bytes, sync, {workers} threads)", flush=True)
+    server.wait_for_termination()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--answer", required=True, type=Path, help="file holding the serialized ModelInferResponse")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--mode", choices=("aio", "sync"), default="aio")
+    parser.add_argument("--threads", type=int, default=8, help="sync mode's thread pool")
     args = parser.parse_args(argv)
+    from service import eventloop
+    from service.settings import Settings
+    from service.transport import grpc_core
+
+    grpc_core.configure(Settings().grpc_experiments)  # before grpc core starts, as the server does
     try:
-        asyncio.run(serve(args.answer.read_bytes(), args.host, args.port))
+        if args.mode == "sync":
+            serve_sync(args.answer.read_bytes(), args.host, args.port, args.threads)
+        else:
+            eventloop.run(serve(args.answer.read_bytes(), args.host, args.port))
     except KeyboardInterrupt:
         pass
     return 0

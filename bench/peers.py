@@ -15,7 +15,9 @@ Cases (``--cases``):
   attnserve and Triton pad per batch, MLServer and KServe run each request alone);
 - ``se_cnn_128``: the SE-CNN benchmark config (3x128x128): compute-bound;
 - ``identity``: a trivial graph (y = x, [batch, 16]): what serving costs with no compute,
-  the figure that decides how a GPU server scales once compute leaves the CPU.
+  the figure that decides how a GPU server scales once compute leaves the CPU. Beside it, the
+  no-work floors (bench/floor.py): grpc.aio as attnserve runs it, and grpcio's thread-pool
+  server, each answering attnserve's own answer bytes: what any Python gRPC server pays.
 
 Before the servers, each case's ceiling: in-process ONNX Runtime at every batch size with the
 server's session settings (bench/ceiling.py). One summary table gives attnserve against each
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import ceiling, cost, machine, repos
+from bench import ceiling, cost, floor, machine, repos
 from bench.check import verify_v2
 from bench.loadgen import V2Surface, run_level
 from bench.server import AttnServer, ManagedProcess
@@ -91,7 +93,7 @@ def drive(system: str, proc: ManagedProcess, url: str, payloads, levels, warmup_
 
 
 def run_case(case: Case, peers: tuple[str, ...], cache: Path, work: Path, default_repository: Path | None,
-             warmup_s: float, duration_s: float, ceiling_s: float) -> dict:
+             warmup_s: float, duration_s: float, ceiling_s: float, floors: bool = False) -> dict:
     from bench.peer import peer_class
     from bench.peer.base import PeerModel
 
@@ -110,13 +112,17 @@ def run_case(case: Case, peers: tuple[str, ...], cache: Path, work: Path, defaul
     out["ceiling"] = {"best": best.to_dict() if best else None, "settings": settings}
 
     server = AttnServer(repository, work / f"{case.name}-attnserve.log", flags=["--load-model", case.model]).start()
+    answer = work / f"{case.name}.answer"
     try:
         server.wait_ready()
         out["checks"] = {"attnserve": verify_v2(server.url, case.model, model_path, samples[:8])}
         out["systems"]["attnserve"] = {"describe": {"server": "attnserve (this tree)", "argv": server.argv},
                                        "levels": drive("attnserve", server, server.url, payloads, case.levels, warmup_s, duration_s)}
+        answer.write_bytes(floor.capture_answer(server.url, payloads[0]))
     finally:
         server.stop()
+    if floors:
+        run_floors(case, answer, payloads, work, warmup_s, duration_s, out)
 
     threads = ceiling.server_threads(workload.spec.instance_count)
     for name in peers:
@@ -140,6 +146,22 @@ def run_case(case: Case, peers: tuple[str, ...], cache: Path, work: Path, defaul
     return out
 
 
+def run_floors(case: Case, answer: Path, payloads, work: Path, warmup_s: float, duration_s: float, out: dict) -> None:
+    """What Python gRPC costs with no work at all: bench/floor.py answering attnserve's own answer
+    bytes, grpc.aio as attnserve runs it and grpcio's thread-pool server."""
+    for mode in ("aio", "sync"):
+        name = f"floor {mode}"
+        server = floor.FloorServer(answer, work / f"{case.name}-floor-{mode}.log", mode=mode).start()
+        try:
+            server.wait_ready()
+            out["systems"][name] = {"describe": {"server": f"bench/floor.py --mode {mode}: answers fixed bytes, no work"},
+                                    "levels": drive(name, server, server.url, payloads, case.levels, warmup_s, duration_s)}
+        except Exception as exc:
+            out["skipped"][name] = f"{type(exc).__name__}: {exc}"
+        finally:
+            server.stop()
+
+
 # -- the summary --------------------------------------------------------------------------------
 def at(case: dict, system: str, concurrency: int, key: str):
     for row in (case["systems"].get(system) or {}).get("levels", []):
@@ -157,7 +179,7 @@ def summary_rows(case: dict) -> list[dict]:
     as peer over attnserve (>1: attnserve faster / cheaper)."""
     low, mid, top = min(case["levels"]), sorted(case["levels"])[len(case["levels"]) // 2], max(case["levels"])
     rows = []
-    for peer in [s for s in case["systems"] if s != "attnserve"]:
+    for peer in [s for s in case["systems"] if s != "attnserve" and not s.startswith("floor")]:
         rows.append({
             "case": case["case"], "peer": peer,
             f"req/s c={mid}": _ratio(at(case, "attnserve", mid, "throughput_rps"), at(case, peer, mid, "throughput_rps")),
@@ -223,13 +245,15 @@ def bar_chart(results: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    systems = ["attnserve", *ALL_PEERS]
+    colours = {"attnserve": "tab:blue", "triton": "tab:green", "kserve": "tab:purple", "mlserver": "tab:red",
+               "floor aio": "lightgrey", "floor sync": "darkgrey"}
     cases = results["cases"]
     fig, axes = plt.subplots(1, len(cases), figsize=(3.2 * len(cases), 3.4), squeeze=False)
     for ax, case in zip(axes[0], cases):
         top = max(case["levels"])
+        systems = [s for s in colours if s in case["systems"]]
         values = [at(case, s, top, "throughput_rps") or 0 for s in systems]
-        ax.bar(systems, values, color=["tab:blue", "tab:green", "tab:purple", "tab:red"])
+        ax.bar(systems, values, color=[colours[s] for s in systems])
         best = None if case.get("overhead_only") else (case["ceiling"]["best"] or {}).get("throughput_rows_s")
         if best:
             ax.axhline(best, color="grey", linestyle="--", linewidth=1, label="in-process ceiling")
@@ -250,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--ceiling-seconds", type=float, default=1.5, help="per batch size")
+    parser.add_argument("--no-floor", action="store_true", help="skip the no-work gRPC floors of the identity case")
     parser.add_argument("--default-repository", type=Path, help="an exported default repository to use as it is")
     parser.add_argument("--cache", type=Path, default=Path("bench/.cache"))
     parser.add_argument("--out", type=Path, help="write OUT.json, OUT.md and OUT.png")
@@ -264,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[peers] case {name}", file=sys.stderr, flush=True)
         results["cases"].append(run_case(CASES[name], peers, args.cache.resolve(), work,
                                          args.default_repository.resolve() if args.default_repository else None,
-                                         args.warmup, args.duration, args.ceiling_seconds))
+                                         args.warmup, args.duration, args.ceiling_seconds,
+                                         floors=CASES[name].base == "trivial" and not args.no_floor))
     results["wall_s"] = round(time.time() - started, 1)
     text = markdown(results)
     print(text)

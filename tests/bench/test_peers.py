@@ -101,7 +101,7 @@ def test_summary_ratios_put_attnserve_over_each_peer() -> None:
     assert row["CPU/request c=32"] == 0.25
 
 
-def test_short_attnserve_only_run_writes_results(tmp_path: Path) -> None:
+def test_short_attnserve_only_run_writes_results_with_the_floors(tmp_path: Path) -> None:
     out = tmp_path / "peers"
     done = subprocess.run(
         [sys.executable, "-m", "bench.peers", "--cases", "identity", "--peers", "", "--warmup", "0.2",
@@ -116,3 +116,6 @@ def test_short_attnserve_only_run_writes_results(tmp_path: Path) -> None:
     assert [r["concurrency"] for r in rows] == [1, 16, 64]
     assert all(r["requests"] > 0 and r["errors"] == {} and r["server_cpu_us_per_request"] > 0 for r in rows)
     assert "| attnserve | 64 |" in out.with_suffix(".md").read_text()
+    # The no-work floors answer the bytes attnserve answered, in both server modes.
+    for mode in ("floor aio", "floor sync"):
+        assert all(r["requests"] > 0 and r["errors"] == {} for r in case["systems"][mode]["levels"]), mode
