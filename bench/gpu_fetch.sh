@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Here (a machine with PyPI): everything bench/gpu_check.sh needs on the GPU machine, which
 # cannot download (../shared/GPU.md). Writes, under the git-ignored .whl/:
-#   .whl/ortgpu/ortgpu.part.*   onnxruntime-gpu 1.31.1 (CUDA 13, cp312), split under 64 MiB
+#   .whl/ortgpu/ortgpu.part.*   onnxruntime-gpu 1.31.1 (CUDA 13, cp312), split into 40 MiB parts (a carry holds 64 MiB in all, the tree included)
 #   .whl/gpu-deps/*.whl         cp312 wheels of attnserve's dependencies that machine lacks
 #   .whl/gpu-repo/              the three default models, exported here
 # Then, one device call per part (each carries one part, under the 64 MiB carry limit):
@@ -15,7 +15,7 @@ mkdir -p .whl/ortgpu .whl/gpu-deps
 if ! ls .whl/ortgpu/ortgpu.part.* >/dev/null 2>&1; then
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 -d .whl/ortgpu onnxruntime-gpu==1.31.1
-  (cd .whl/ortgpu && split -b 60m onnxruntime_gpu-*.whl ortgpu.part. && rm onnxruntime_gpu-*.whl)
+  (cd .whl/ortgpu && split -b 40m onnxruntime_gpu-*.whl ortgpu.part. && rm onnxruntime_gpu-*.whl)
 fi
 # The server imports aiohttp (HTTP transport), orjson, uvloop, grpc health and reflection.
 "$PY" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
