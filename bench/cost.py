@@ -93,23 +93,35 @@ def request_bytes(model: str, inputs: dict[str, np.ndarray]) -> bytes:
     return request.SerializeToString()
 
 
-async def closed_loop(url: str, body: bytes, concurrency: int, count: int, pid: int) -> dict:
-    async with grpc.aio.insecure_channel(url) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-        for _ in range(200):  # warm-up, not counted
-            await call(body)
+async def closed_loop(url: str, body: bytes, concurrency: int, count: int, pid: int | list[int],
+                      channels: int = 1) -> dict:
+    """``count`` ModelInfer calls from ``concurrency`` callers; server CPU summed over the process
+    tree(s) of ``pid``. ``channels`` > 1 opens that many connections (callers spread over them),
+    for servers that share one port (bench/reuseport.py): one channel is one connection."""
+    pids = [pid] if isinstance(pid, int) else list(pid)
+    # A local subchannel pool per channel: otherwise grpc shares one connection among them.
+    options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
+    opened = [grpc.aio.insecure_channel(url, options=options) for _ in range(channels)]
+    try:
+        calls = [c.unary_unary("/inference.GRPCInferenceService/ModelInfer") for c in opened]
+        for k in range(200):  # warm-up, not counted
+            await calls[k % channels](body)
         left, latencies = [count], []
 
-        async def caller() -> None:
+        async def caller(index: int) -> None:
+            call = calls[index % channels]
             while left[0] > 0:
                 left[0] -= 1
                 started = time.perf_counter()
                 await call(body)
                 latencies.append(time.perf_counter() - started)
 
-        cpu0, wall0 = process_tree_cpu_s(pid), time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-        wall, cpu = time.perf_counter() - wall0, process_tree_cpu_s(pid) - cpu0
+        cpu0, wall0 = sum(process_tree_cpu_s(p) for p in pids), time.perf_counter()
+        await asyncio.gather(*(caller(i) for i in range(concurrency)))
+        wall, cpu = time.perf_counter() - wall0, sum(process_tree_cpu_s(p) for p in pids) - cpu0
+    finally:
+        for channel in opened:
+            await channel.close()
     latencies.sort()
     return {
         "concurrency": concurrency, "requests": count, "req_per_s": count / wall,

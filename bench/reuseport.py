@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from bench import cost, machine
@@ -51,33 +50,6 @@ def start(repository: Path, port: int, log: Path) -> subprocess.Popen:
     return server
 
 
-async def closed_loop(port: int, body: bytes, concurrency: int, count: int, pids: list[int]) -> dict:
-    # A local subchannel pool per channel: otherwise grpc shares one connection among them.
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(CHANNELS)]
-    calls = [c.unary_unary("/inference.GRPCInferenceService/ModelInfer") for c in channels]
-    for k in range(200):
-        await calls[k % CHANNELS](body)
-    left, latencies = [count], []
-
-    async def caller(index: int) -> None:
-        call = calls[index % CHANNELS]
-        while left[0] > 0:
-            left[0] -= 1
-            started = time.perf_counter()
-            await call(body)
-            latencies.append(time.perf_counter() - started)
-
-    cpu0, wall0 = sum(cost.process_tree_cpu_s(p) for p in pids), time.perf_counter()
-    await asyncio.gather(*(caller(i) for i in range(concurrency)))
-    wall, cpu = time.perf_counter() - wall0, sum(cost.process_tree_cpu_s(p) for p in pids) - cpu0
-    for channel in channels:
-        await channel.close()
-    latencies.sort()
-    return {"concurrency": concurrency, "req_per_s": count / wall, "server_cpu_us_per_request": cpu / count * 1e6,
-            "p50_ms": latencies[len(latencies) // 2] * 1e3, "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reuseport", description=__doc__.split("\n\n")[0])
     parser.add_argument("--processes", default="1,2")
@@ -97,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for c in (int(x) for x in args.concurrency.split(",")):
                     row = {"round": round_number, "processes": n,
-                           **asyncio.run(closed_loop(port, body, c, args.requests, [s.pid for s in servers]))}
+                           **asyncio.run(cost.closed_loop(f"127.0.0.1:{port}", body, c, args.requests,
+                                                           [s.pid for s in servers], channels=CHANNELS))}
                     runs.append(row)
                     print(f"round {round_number} processes {n} c={c}: {row['req_per_s']:.0f} req/s "
                           f"{row['server_cpu_us_per_request']:.0f} us CPU/request p50 {row['p50_ms']:.2f} ms", flush=True)

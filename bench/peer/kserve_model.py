@@ -2,8 +2,9 @@
 
 Run by bench/peer/kserve.py in ``.venv-kserve`` as
 ``python -m bench.peer.kserve_model --model_name m --onnx PATH --runner JSON --grpc_port P --http_port Q``
-(``--model_name`` and the ports are KServe's own flags, parsed by KServe's parser, which this one extends). ``predict`` is a
-plain function, as in KServe's own sklearn and xgboost servers: KServe's Python model server
+(``--model_name`` and the ports are KServe's own flags, parsed by KServe's parser, which this
+one extends). ``predict`` is a plain function, as in KServe's own sklearn and xgboost servers:
+KServe's Python model server
 has no dynamic batcher (batching in KServe is a separate agent container in front of the
 pod), so each request runs alone through ``OnnxBatchRunner``.
 """
