@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-MODEL_NAMES = ("sagan_generator", "se_cnn_classifier", "transformer_encoder")
+# The attention family (issue 15): langid_* share the encoder's tokenizer and phrases.
+# langid_pair (cross-attention) starts from langid_dot's trained encoder, so it trains after it.
+LANGID_FAMILY = ("langid_dot", "langid_additive", "langid_mha", "langid_pair")
+
+MODEL_NAMES = ("sagan_generator", "se_cnn_classifier", "transformer_encoder", *LANGID_FAMILY)
 
 # config.pbtxt max_batch_size unless --max-batch-size overrides it.
-DEFAULT_MAX_BATCH_SIZE = {"sagan_generator": 64, "se_cnn_classifier": 64, "transformer_encoder": 32}
+DEFAULT_MAX_BATCH_SIZE = {
+    "sagan_generator": 64,
+    "se_cnn_classifier": 64,
+    "transformer_encoder": 32,
+    **{name: 32 for name in LANGID_FAMILY},
+}
 
 # torch.manual_seed per model: seeded random weights until trained checkpoints exist.
-SEEDS = {"sagan_generator": 1805, "se_cnn_classifier": 1709, "transformer_encoder": 1706}
+SEEDS = {
+    "sagan_generator": 1805,
+    "se_cnn_classifier": 1709,
+    "transformer_encoder": 1706,
+    "langid_dot": 1508,  # Luong et al. 2015 (arXiv:1508.04025)
+    "langid_additive": 1409,  # Bahdanau et al. 2014 (arXiv:1409.0473)
+    "langid_mha": 1707,
+    "langid_pair": 1609,
+}

@@ -18,6 +18,7 @@ from torch import nn
 from torch.export import Dim
 
 from export.defaults import DEFAULT_MAX_BATCH_SIZE, MODEL_NAMES, SEEDS
+from export.models import langid_attention as family
 from export.models import sagan_generator as sagan
 from export.models import se_cnn_classifier as secnn
 from export.models import transformer_encoder as encoder
@@ -299,7 +300,143 @@ class EncoderSpec(ModelSpec):
         return params
 
 
+def ragged_ids(
+    batch: int, length: int, vocab_size: int, generator: torch.Generator
+) -> torch.Tensor:
+    """[batch, length] byte ids, rows of random length padded with PAD: row 0 full, the last
+    row all padding when ``batch >= 3`` (the case a key-padding mask must survive)."""
+    lengths = torch.randint(1, length + 1, (batch,), generator=generator)
+    lengths[0] = length
+    if batch >= 3:
+        lengths[-1] = 0
+    real = torch.arange(length)[None, :] < lengths[:, None]
+    ids = torch.randint(encoder.BYTE_OFFSET, vocab_size, (batch, length), generator=generator)
+    return torch.where(real, ids, torch.full_like(ids, encoder.PAD_ID))
+
+
+class LangIdAttentionSpec(EncoderSpec):
+    """One classifier of the attention family (export/models/langid_attention.py). Same
+    tensors in, tokenizer, limits and padding rules as the encoder (the fields it reads exist
+    on both configs); embedding + logits + the pooling query's weights out."""
+
+    config_type = family.AttentionConfig
+
+    def __init__(self, name: str, config: family.AttentionConfig) -> None:
+        self.name = name  # type: ignore[misc]  # one class, several served names
+        self.variants = {"default": config, "benchmark": config}  # type: ignore[misc]
+
+    def build(self, config: family.AttentionConfig) -> nn.Module:  # type: ignore[override]
+        return family.build(config)
+
+    def outputs(self, config: family.AttentionConfig) -> tuple[TensorConfig, ...]:  # type: ignore[override]
+        tensors = (
+            TensorConfig("embedding", "TYPE_FP32", (config.d_model,)),
+            TensorConfig("logits", "TYPE_FP32", (config.num_classes,)),
+        )
+        if config.export_attention:
+            tensors += (TensorConfig("attention", "TYPE_FP32", (config.heads, 1, -1)),)
+            if config.self_attention_layers:
+                tensors += (
+                    TensorConfig("self_attention", "TYPE_FP32", (config.heads, -1, -1)),
+                )
+        return tensors
+
+    def sample(  # type: ignore[override]
+        self,
+        config: family.AttentionConfig,
+        batch: int,
+        generator: torch.Generator,
+        sequence: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        ids = ragged_ids(batch, sequence or config.max_length, config.vocab_size, generator)
+        return {"input_ids": ids, "attention_mask": (ids != encoder.PAD_ID).long()}
+
+
+class LangIdPairSpec(ModelSpec):
+    """The cross-attention pair model: two token sequences of their own lengths in ("same
+    language?"), logits and the cross-attention map out. The batcher pads each input on its
+    own and cuts the map back to the request's query x source lengths
+    (``attnserve.output_lengths``)."""
+
+    name = "langid_pair"
+    config_type = family.AttentionConfig
+    variants = {"default": family.LANGID_PAIR, "benchmark": family.LANGID_PAIR}
+    INPUTS = ("query_ids", "source_ids")
+
+    def build(self, config: family.AttentionConfig) -> nn.Module:
+        return family.build(config)
+
+    def inputs(self, config: family.AttentionConfig) -> tuple[TensorConfig, ...]:
+        return tuple(TensorConfig(name, "TYPE_INT64", (-1,)) for name in self.INPUTS)
+
+    def outputs(self, config: family.AttentionConfig) -> tuple[TensorConfig, ...]:
+        tensors = (TensorConfig("logits", "TYPE_FP32", (config.num_classes,)),)
+        if config.export_attention:
+            tensors += (TensorConfig("cross_attention", "TYPE_FP32", (config.heads, -1, -1)),)
+        return tensors
+
+    @staticmethod
+    def source_length(sequence: int) -> int:
+        """A source length unlike the query's (and unlike 1 and 2, which torch.export would
+        specialise), so the graph never ties the two."""
+        return max(3, (2 * sequence) // 3 + 1)
+
+    def sample(
+        self,
+        config: family.AttentionConfig,
+        batch: int,
+        generator: torch.Generator,
+        sequence: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        t = sequence or config.max_length
+        return {
+            "query_ids": ragged_ids(batch, t, config.vocab_size, generator),
+            "source_ids": ragged_ids(batch, self.source_length(t), config.vocab_size, generator),
+        }
+
+    def dynamic_axes(self, config: family.AttentionConfig) -> dict[str, dict[int, Dim]]:
+        batch = Dim("batch")
+        query = Dim("query", min=1, max=config.max_length)
+        source = Dim("source", min=1, max=config.max_length)
+        return {"query_ids": {0: batch, 1: query}, "source_ids": {0: batch, 1: source}}
+
+    def parity_sequences(self, config: family.AttentionConfig) -> tuple[int | None, ...]:
+        return (max(2, config.max_length // 8 + 1), config.max_length)
+
+    def export_sequence(self, config: family.AttentionConfig) -> int | None:
+        return max(3, config.max_length // 4 + 1)
+
+    def warmup_sequence(self, config: family.AttentionConfig) -> int | None:
+        return config.max_length
+
+    def side_files(self, config: family.AttentionConfig) -> dict[str, str]:
+        tokenizer = json.dumps(encoder.byte_tokenizer_spec(config), indent=2) + "\n"  # type: ignore[arg-type]
+        return {TOKENIZER_FILE: tokenizer, LABELS_FILE: _labels_text(config.labels, config.num_classes)}
+
+    def parameters(self, config: family.AttentionConfig) -> dict[str, str]:
+        # min 1: the graph reads id 0 as padding (it takes no mask), so a client may not send it.
+        limit = {"min": 1, "max": config.vocab_size - 1, "max_dims": [config.max_length]}
+        return {
+            "attnserve.pad_inputs": "query_ids:0,source_ids:0",
+            # Each axis of the map follows its own input: [batch, heads, query, source].
+            "attnserve.output_lengths": "cross_attention:2=query_ids,3=source_ids",
+            "attnserve.max_padding_ratio": MAX_PADDING_RATIO,
+            "attnserve.tokenizer": TOKENIZER_FILE,
+            "attnserve.input_limits": _json({name: limit for name in self.INPUTS}),
+            "attnserve.labels": LABELS_FILE,
+        }
+
+
 SPECS: dict[str, ModelSpec] = {  # keyed and ordered as export.defaults.MODEL_NAMES
-    spec.name: spec for spec in (SaganSpec(), SeCnnSpec(), EncoderSpec())
+    spec.name: spec
+    for spec in (
+        SaganSpec(),
+        SeCnnSpec(),
+        EncoderSpec(),
+        LangIdAttentionSpec("langid_dot", family.LANGID_DOT),
+        LangIdAttentionSpec("langid_additive", family.LANGID_ADDITIVE),
+        LangIdAttentionSpec("langid_mha", family.LANGID_MHA),
+        LangIdPairSpec(),
+    )
 }
 assert tuple(SPECS) == MODEL_NAMES

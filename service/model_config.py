@@ -29,6 +29,7 @@ LIMITS_PARAM = "attnserve.input_limits"
 DISPATCH_WHEN_IDLE_PARAM = "attnserve.dispatch_when_idle"
 MAX_PADDING_PARAM = "attnserve.max_padding_ratio"
 EXECUTION_TIMEOUT_PARAM = "attnserve.execution_timeout_s"
+OUTPUT_LENGTHS_PARAM = "attnserve.output_lengths"
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ def _policy(
         max_concurrent_batches=instances,
         dispatch_when_idle=_flag(parameters, DISPATCH_WHEN_IDLE_PARAM, default=True, where=where),
         max_padding_ratio=_ratio(parameters, MAX_PADDING_PARAM, where=where) if pad_values else None,
+        output_lengths=_output_lengths(parameters.get(OUTPUT_LENGTHS_PARAM, ""), where),
     )
     try:
         return _build_policy(config, common)
@@ -256,6 +258,27 @@ def _ratio(parameters: Mapping[str, str], key: str, *, where: str) -> float | No
     if not 0 <= value < math.inf:  # also refuses nan
         raise ModelLoadError(f"{where}: parameter {key} must be a number >= 0, got {raw!r}")
     return value
+
+
+def _output_lengths(text: str, where: str) -> dict[str, dict[int, str]]:
+    """``"cross_attention:2=query_ids,3=source_ids"`` (outputs separated by ``;``, axes of the
+    batched tensor) -> {"cross_attention": {2: "query_ids", 3: "source_ids"}}. BatchingPolicy
+    checks the names and axes against the padded inputs and variable outputs."""
+    result: dict[str, dict[int, str]] = {}
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        output, _, pairs = item.partition(":")
+        by_axis: dict[int, str] = {}
+        for pair in filter(None, (p.strip() for p in pairs.split(","))):
+            axis, _, name = pair.partition("=")
+            if not axis.strip().isdigit() or not name.strip():
+                raise ModelLoadError(
+                    f"{where}: {OUTPUT_LENGTHS_PARAM} entry {item!r} must read OUTPUT:AXIS=INPUT,..."
+                )
+            by_axis[int(axis)] = name.strip()
+        if not output.strip() or not by_axis:
+            raise ModelLoadError(f"{where}: {OUTPUT_LENGTHS_PARAM} entry {item!r} must read OUTPUT:AXIS=INPUT,...")
+        result[output.strip()] = by_axis
+    return result
 
 
 def _pad_values(text: str, inputs: tuple[TensorSpec, ...], where: str) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """Fixtures shared by every test tier.
 
-- ``model_repository`` (session): the three default models, exported once per session by the
+- ``model_repository`` (session): every default model (export.defaults.MODEL_NAMES), exported once per session by the
   real exporter (``python -m export --model-repository DIR``), or the folder named by
-  ``ATTNSERVE_TEST_REPOSITORY`` (exported into when it does not hold the three models yet, so
+  ``ATTNSERVE_TEST_REPOSITORY`` (exported into when it does not hold them all yet, so
   a developer can keep one between runs; delete it after changing export/, it is not
   re-exported). Treat it as read-only: tests that change files use ``make_repository``.
 - ``make_repository`` (function): a copy of it, optionally with only some models and with
@@ -30,10 +30,12 @@ from typing import Callable, Iterable, Iterator, Mapping
 import pytest
 from google.protobuf import text_format
 
+from export.defaults import MODEL_NAMES
 from service.proto.inference import model_config_pb2 as mc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = ("sagan_generator", "se_cnn_classifier", "transformer_encoder")
+# Every model the exporter writes by default (export/defaults.py is torch-free).
+DEFAULT_MODELS = MODEL_NAMES
 REPOSITORY_ENV = "ATTNSERVE_TEST_REPOSITORY"
 # service/app.py logs exactly one of these once every model has loaded (or failed to).
 READY_LINE = re.compile(r"attnserve ready: grpc=(?P<grpc>\S+) metrics=(?P<metrics>\S+)(?: http=(?P<http>\S+))?")

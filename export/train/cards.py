@@ -19,6 +19,10 @@ def headline(metrics: dict[str, Any]) -> str:
     """The held-out figures that decide whether the weights ship."""
     held = metrics["held_out"]
     name = metrics["model"]
+    if name.startswith("langid_"):
+        from export.train.family_card import headline as family_headline
+
+        return family_headline(metrics)
     if name == "se_cnn_classifier":
         return f"held-out accuracy {held['accuracy']:.2%} ({held['errors']} errors in 1,000)"
     if name == "transformer_encoder":
@@ -76,7 +80,11 @@ def _se_cnn(m: dict[str, Any]) -> list[str]:
 def write_card(out: Path, metrics: dict[str, Any]) -> Path:
     """Write ``<out>/<model>.md`` from ``metrics``; returns the path."""
     name = metrics["model"]
-    if name == "se_cnn_classifier":
+    if name.startswith("langid_"):
+        from export.train.family_card import family_card
+
+        sections = family_card(metrics, out)
+    elif name == "se_cnn_classifier":
         sections = _se_cnn(metrics)
     elif name == "transformer_encoder":
         from export.train.card_text import encoder_card

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from export.defaults import SEEDS
+from export.defaults import LANGID_FAMILY, SEEDS
 
-MODELS = ("se_cnn_classifier", "transformer_encoder", "sagan_generator")  # training order
+# Training order: the generator is judged by the SE-CNN, so the SE-CNN comes first.
+MODELS = ("se_cnn_classifier", "transformer_encoder", "sagan_generator", *LANGID_FAMILY)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--steps",
         type=int,
-        help="optimiser steps: transformer_encoder (default 12000), sagan_generator (default 2000)",
+        help="optimiser steps: transformer_encoder (default 12000), sagan_generator (default "
+        "2000), langid_* (default 4000)",
     )
     parser.add_argument("--seed", type=int, help="training seed (default: per model)")
     parser.add_argument(
@@ -95,6 +97,15 @@ def _runner(name: str, args: argparse.Namespace) -> Callable[[], dict[str, Any]]
             if args.steps:
                 options = replace(options, steps=args.steps)
             metrics = langid.train(options, out, ckpt, args.resume)
+        elif name in LANGID_FAMILY:
+            from export.train import langid_attention
+
+            options = replace(
+                langid_attention.AttentionTraining(), seed=seed, precision=args.precision
+            )
+            if args.steps:
+                options = replace(options, steps=args.steps)
+            metrics = langid_attention.train(name, options, out, ckpt, args.resume)
         else:
             from export.train import gan
 

@@ -1,9 +1,11 @@
 """Requests -> one batch of inputs, and the batch's outputs -> one result per request.
 
 Inputs are concatenated along the batch axis; inputs named in the policy's ``pad_values`` are
-first padded to the longest request in the batch. Outputs are checked to have one row per input
-row, sliced back into each request's rows, and outputs named in ``variable_output_axes`` are cut
-back to the request's own length so padding never leaks into a response.
+first padded to the longest request in the batch, each input on its own (a query and a source
+sequence pad to their own longest). Outputs are checked to have one row per input row, sliced
+back into each request's rows, and outputs named in ``variable_output_axes`` are cut back to the
+request's own length (per axis, to the input ``output_lengths`` names) so padding never leaks
+into a response.
 """
 
 from __future__ import annotations
@@ -76,25 +78,28 @@ def split_outputs(
             part = array[start:stop]  # a view: rows of a C-ordered array stay contiguous
             axes = policy.variable_output_axes.get(name)
             if axes and item.length is not None:
-                part = _cut_back(part, axes, item.length, name, model)
+                # Each axis to the length of the input it follows (a cross-attention map: query
+                # rows by source keys), else to the request's one length.
+                follows = policy.output_lengths.get(name, {})
+                sizes = {a: item.lengths.get(follows[a], item.length) if a in follows else item.length for a in axes}
+                part = _cut_back(part, sizes, name, model)
             result[name] = part
         results.append(result)
         start = stop
     return results
 
 
-def _cut_back(
-    part: np.ndarray, axes: tuple[int, ...], length: int, name: str, model: str
-) -> np.ndarray:
-    if max(axes) >= part.ndim:
+def _cut_back(part: np.ndarray, sizes: Mapping[int, int], name: str, model: str) -> np.ndarray:
+    """``part`` with each axis in ``sizes`` cut to that size (axis -> the request's length)."""
+    if max(sizes) >= part.ndim:
         raise InternalError(
             f"model '{model}' output '{name}' has {part.ndim} dims, "
-            f"cannot cut back axes {list(axes)}"
+            f"cannot cut back axes {sorted(sizes)}"
         )
-    if all(part.shape[axis] <= length for axis in axes):
+    if all(part.shape[axis] <= size for axis, size in sizes.items()):
         return part  # this request set the padded length; nothing to remove
     index = [slice(None)] * part.ndim
-    for axis in axes:
-        index[axis] = slice(0, length)
+    for axis, size in sizes.items():
+        index[axis] = slice(0, size)
     # Copy so the response owns compact memory rather than a strided view of the whole batch.
     return np.ascontiguousarray(part[tuple(index)])

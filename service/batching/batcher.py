@@ -98,7 +98,7 @@ class DynamicBatcher:
             raise ShuttingDown(f"model '{self.name}' is shutting down")
         if self._task is None or self._task.done():
             raise ModelNotReady(f"model '{self.name}' is not accepting requests")
-        rows, group, length = describe(inputs, self.policy)
+        placement = describe(inputs, self.policy)
         level = self._level(priority)
         now = self._clock()
         deadline = self._effective_deadline(now, deadline, timeout_s)
@@ -113,9 +113,10 @@ class DynamicBatcher:
 
         item = Pending(
             inputs=dict(inputs),
-            rows=rows,
-            group=group,
-            length=length,
+            rows=placement.rows,
+            group=placement.group,
+            length=placement.length,
+            lengths=placement.lengths,
             level=level,
             deadline=deadline,
             enqueued_at=now,

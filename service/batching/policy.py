@@ -40,6 +40,12 @@ class BatchingPolicy:
     pad_axes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     # Output name -> axes (batch axis = 0) cut back to each request's own length.
     variable_output_axes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # Output name -> {axis: padded input}: that axis is cut back to the request's length of
+    # that input, for models whose padded inputs vary independently (a query and a source
+    # sequence; config parameter attnserve.output_lengths). With it, padded inputs of one
+    # request may differ in length; without it they must agree, and every variable output
+    # axis is cut to the one length.
+    output_lengths: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
     # instance_group count: executions allowed in flight at once.
     max_concurrent_batches: int = 1
     # A request that finds the batcher empty (nothing queued, nothing executing, the previous
@@ -64,6 +70,8 @@ class BatchingPolicy:
         object.__setattr__(self, "pad_axes", {k: tuple(v) for k, v in self.pad_axes.items()})
         axes = {k: tuple(v) for k, v in self.variable_output_axes.items()}
         object.__setattr__(self, "variable_output_axes", axes)
+        lengths = {k: dict(v) for k, v in self.output_lengths.items()}
+        object.__setattr__(self, "output_lengths", lengths)
         if self.default_timeout_s == 0:
             object.__setattr__(self, "default_timeout_s", None)
         self._validate()
@@ -109,6 +117,18 @@ class BatchingPolicy:
         for name in self.pad_axes:
             if name not in self.pad_values:
                 raise ValueError(f"pad_axes names '{name}', which has no pad value")
+        for output, by_axis in self.output_lengths.items():
+            for axis, name in by_axis.items():
+                if name not in self.pad_values:
+                    raise ValueError(
+                        f"output_lengths['{output}'] axis {axis} follows '{name}', "
+                        "which is not a padded input"
+                    )
+                if axis not in self.variable_output_axes.get(output, ()):
+                    raise ValueError(
+                        f"output_lengths['{output}'] names axis {axis}, not one of its "
+                        "variable axes"
+                    )
         tables = {"pad_axes": self.pad_axes, "variable_output_axes": self.variable_output_axes}
         for what, table in tables.items():
             for name, axes in table.items():

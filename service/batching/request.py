@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,6 +32,9 @@ class Pending:
     # execution held one request (DynamicBatcher._idle_for_one; policy dispatch_when_idle).
     arrived_idle: bool = False
     queued: bool = True  # False once taken into a batch, expired, cancelled or aborted
+    # Padded input -> this request's size along its variable axes (what its outputs are cut
+    # back to when the policy's output_lengths ties an output axis to that input).
+    lengths: Mapping[str, int] = field(default_factory=dict)
 
     # The caller may have gone away (cancelled future) or the request may already have been
     # answered (a deadline racing a shutdown): setting a done future raises InvalidStateError,
@@ -45,17 +48,26 @@ class Pending:
             self.future.set_exception(error)
 
 
-def describe(
-    inputs: Mapping[str, np.ndarray], policy: BatchingPolicy
-) -> tuple[int, Hashable, int | None]:
-    """Return (rows, group, length) for one request, or raise InvalidInput."""
+@dataclass(frozen=True)
+class Placement:
+    """Where a request may go: rows, shape group, the length padding is measured by (the
+    longest padded input) and each padded input's own length."""
+
+    rows: int
+    group: Hashable
+    length: int | None
+    lengths: Mapping[str, int]
+
+
+def describe(inputs: Mapping[str, np.ndarray], policy: BatchingPolicy) -> Placement:
+    """Return the request's placement, or raise InvalidInput."""
     if not inputs:
         raise InvalidInput("request has no inputs")
     for name, array in inputs.items():
         if not isinstance(array, np.ndarray):
             raise InvalidInput(f"input '{name}' is not an array")
     if not policy.batched:
-        return 1, None, None
+        return Placement(1, None, None, {})
     rows = _rows(inputs, policy.max_batch_size)
     group: list[tuple[str, str, tuple[int | None, ...]]] = []
     lengths: dict[str, int] = {}
@@ -77,11 +89,13 @@ def describe(
         else:
             dims = tuple(array.shape[1:])
         group.append((name, array.dtype.str, dims))
-    if len(set(lengths.values())) > 1:
+    # Inputs padded independently (a query and a source) may differ; otherwise a mismatch
+    # is a malformed request (ids and mask of different lengths).
+    if len(set(lengths.values())) > 1 and not policy.output_lengths:
         found = ", ".join(f"'{name}' {size}" for name, size in sorted(lengths.items()))
         raise InvalidInput(f"padded inputs must have the same length, got {found}")
-    length = next(iter(lengths.values()), None)
-    return rows, tuple(group), length
+    length = max(lengths.values(), default=None)
+    return Placement(rows, tuple(group), length, lengths)
 
 
 def _rows(inputs: Mapping[str, np.ndarray], max_batch_size: int) -> int:

@@ -54,8 +54,11 @@ class AsyncClient(ClientBase):
     async def encode(
         self, sequences: Iterable[rq.SequenceLike], *, top_k: int = 0, attention: bool = False,
         model: str = "", version: str = "", timeout: float | None = UNSET,
+        sources: Iterable[rq.SequenceLike] = (),
     ) -> t.EncodeResult:
-        request = rq.encode_request(sequences, model=model, version=version, top_k=top_k, attention=attention)
+        """``sources``: a pair model's source sequences, one per sequence."""
+        request = rq.encode_request(sequences, model=model, version=version, top_k=top_k, attention=attention,
+                                    sources=sources)
         return t.encode_result(await self._unary(self._api.Encode, request, timeout))
 
     def classify_stream(

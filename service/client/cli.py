@@ -108,6 +108,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 def _sequence_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="*", metavar="TEXT", help="UTF-8 text (tokenised by the server)")
     p.add_argument("--ids", action="append", default=[], type=_ids, metavar="1,2,3", help="token ids (repeatable)")
+    p.add_argument("--source", action="append", default=[], metavar="TEXT",
+                   help="pair models (langid_pair): the source text each sequence reads, one per sequence")
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -222,21 +224,28 @@ def _sequences(args: argparse.Namespace) -> list[Any]:
 
 def encode(client: Client, args: argparse.Namespace) -> int:
     sequences = _sequences(args)
-    result = client.encode(sequences, top_k=args.top_k, model=args.model, version=args.version)
+    result = client.encode(sequences, top_k=args.top_k, model=args.model, version=args.version, sources=args.source)
     rows = [
         {"input": s if isinstance(s, str) else list(s), "ids": e.ids.tolist(), "tokens": e.tokens,
          "truncated": e.truncated, "labels": _labels(e.labels), "embedding": [round(float(v), 6) for v in e.embedding]}
         for s, e in zip(sequences, result.items, strict=True)
     ]
+    for row, source in zip(rows, args.source):
+        row["source"] = source
     if args.json:
         _print_json(rows)
         return 0
     for row, item in zip(rows, result.items, strict=True):
         shown = json.dumps(row["input"]) if isinstance(row["input"], str) else f"ids {row['input']}"
+        if "source" in row:
+            shown += f" reading {json.dumps(row['source'])}"
         print(f"{shown}: {_show(item.labels)}")
         cut = " (truncated)" if item.truncated else ""
-        print(f"  {len(item.ids)} tokens{cut}; embedding [{item.embedding.size}] norm {np.linalg.norm(item.embedding):.3f}: "
-              f"{np.array2string(item.embedding[:4], precision=3)} ...")
+        if item.embedding.size:
+            print(f"  {len(item.ids)} tokens{cut}; embedding [{item.embedding.size}] norm "
+                  f"{np.linalg.norm(item.embedding):.3f}: {np.array2string(item.embedding[:4], precision=3)} ...")
+        else:
+            print(f"  {len(item.ids)} tokens{cut}")
     return 0
 
 
@@ -281,16 +290,23 @@ def attention_encode(client: Client, args: argparse.Namespace) -> int:
     sequences = _sequences(args)
     if len(sequences) != 1:
         raise ValueError("attention encode takes one sequence: one TEXT or one --ids")
-    result = client.encode(sequences, attention=True, model=args.model, version=args.version)
+    result = client.encode(sequences, attention=True, model=args.model, version=args.version, sources=args.source)
     item = result.items[0]
     assert item.attention is not None
-    heads, length, _ = item.attention.shape
-    if args.query is not None and not 0 <= args.query < length:
-        raise ValueError(f"--query {args.query}: the sequence has {length} tokens")
-    weights = item.attention[:, args.query, :] if args.query is not None else item.attention.mean(axis=1)
+    heads, queries, length = item.attention.shape  # queries 1: a pooling model's learned query
+    if args.query is not None and not 0 <= args.query < queries:
+        raise ValueError(f"--query {args.query}: the model has {queries} query rows per head")
     tokens = item.tokens or [str(i) for i in item.ids]
+    if item.source_ids is not None:  # cross-attention: query tokens (rows) x source tokens
+        return _cross_picture(result, item, tokens, args)
+    weights = item.attention[:, args.query, :] if args.query is not None else item.attention.mean(axis=1)
     head_token_heatmap(weights, tokens).save(args.output)
-    query = f"token {args.query} ({tokens[args.query]!r})" if args.query is not None else "mean over all queries"
+    if queries == 1:
+        query = "the model's learned pooling query"
+    elif args.query is not None:
+        query = f"token {args.query} ({tokens[args.query]!r})"
+    else:
+        query = "mean over all queries"
     if args.json:
         _print_json({"model": result.model, "version": result.version, "output": str(args.output), "tokens": tokens,
                      "heads": heads, "query": args.query, "weights": np.round(weights, 6).tolist()})
@@ -301,3 +317,21 @@ def attention_encode(client: Client, args: argparse.Namespace) -> int:
             print(f"  head {h}: most weight on token {top} ({tokens[top]!r}), {weights[h, top]:.3f}")
     return 0
 
+
+def _cross_picture(result: Any, item: Any, tokens: list[str], args: argparse.Namespace) -> int:
+    """A pair model's picture: which source tokens each query token read (mean over heads)."""
+    from service.client.render import head_token_heatmap
+
+    weights = item.attention.mean(axis=0)  # [query tokens, source tokens]
+    keys = item.source_tokens or [str(i) for i in item.source_ids]
+    head_token_heatmap(weights, keys, rows=tokens).save(args.output)
+    if args.json:
+        _print_json({"model": result.model, "version": result.version, "output": str(args.output),
+                     "tokens": tokens, "source_tokens": keys, "heads": int(item.attention.shape[0]),
+                     "labels": _labels(item.labels), "weights": np.round(weights, 6).tolist()})
+    else:
+        print(f"wrote {args.output}: {len(tokens)} query tokens x {len(keys)} source tokens; {_show(item.labels)}")
+        for i, token in enumerate(tokens):
+            top = int(np.argmax(weights[i]))
+            print(f"  {token!r} reads {keys[top]!r} most, {weights[i, top]:.3f}")
+    return 0

@@ -63,19 +63,26 @@ def attention_overlay(
     return out
 
 
-def head_token_heatmap(weights: np.ndarray, tokens: Sequence[str], cell: int = 24) -> Image.Image:
-    """Heads (rows) x key tokens (columns); each row normalised to its own largest weight."""
+def head_token_heatmap(
+    weights: np.ndarray, tokens: Sequence[str], cell: int = 24, rows: Sequence[str] | None = None
+) -> Image.Image:
+    """Heads (rows) x key tokens (columns); each row normalised to its own largest weight.
+    ``rows`` labels the rows instead of "head h" (a pair model: its query tokens)."""
     heads, length = weights.shape
     font = ImageFont.load_default()
     left, top = 56, 20
     sheet = Image.new("RGB", (left + length * cell + 4, top + heads * cell + 4), BACKGROUND)
-    rows = np.stack([_normalised(row) for row in weights])
-    cells = Image.fromarray(colormap(rows)).resize((length * cell, heads * cell), Image.Resampling.NEAREST)
+    normalised = np.stack([_normalised(row) for row in weights])
+    cells = Image.fromarray(colormap(normalised)).resize((length * cell, heads * cell), Image.Resampling.NEAREST)
     sheet.paste(cells, (left, top))
     draw = ImageDraw.Draw(sheet)
     for h in range(heads):
-        draw.text((4, top + h * cell + cell // 4), f"head {h}", fill=TEXT, font=font)
+        label = f"head {h}" if rows is None else _short(rows[h])
+        draw.text((4, top + h * cell + cell // 4), label, fill=TEXT, font=font)
     for i, token in enumerate(tokens[:length]):
-        label = token.strip("<>").removeprefix("\\")[:3]  # "<bos>" -> "bos", "\\xc3" -> "xc3"
-        draw.text((left + i * cell + 2, 4), label, fill=TEXT, font=font)
+        draw.text((left + i * cell + 2, 4), _short(token), fill=TEXT, font=font)
     return sheet
+
+
+def _short(token: str) -> str:
+    return token.strip("<>").removeprefix("\\")[:3]  # "<bos>" -> "bos", "\\xc3" -> "xc3"

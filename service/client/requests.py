@@ -59,11 +59,12 @@ def sequence(item: SequenceLike) -> pb.Sequence:
 
 def encode_request(
     sequences: Iterable[SequenceLike], *, model: str = "", version: str = "", top_k: int = 0,
-    attention: bool = False, request_id: str = "",
+    attention: bool = False, request_id: str = "", sources: Iterable[SequenceLike] = (),
 ) -> pb.EncodeRequest:
+    """``sources``: for a pair model, one source sequence per sequence (read by it)."""
     return pb.EncodeRequest(
         model=model, version=version, sequences=[sequence(s) for s in sequences],
-        top_k=top_k, attention=attention, id=request_id,
+        top_k=top_k, attention=attention, id=request_id, sources=[sequence(s) for s in sources],
     )
 
 

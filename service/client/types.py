@@ -102,7 +102,9 @@ class Encoding:
     embedding: np.ndarray  # float32 [D]
     logits: np.ndarray  # float32 [K]
     labels: list[Label]  # top-k of softmax(logits)
-    attention: np.ndarray | None = None  # float32 [heads, T, T] (query, key)
+    attention: np.ndarray | None = None  # float32 [heads, queries, keys]: T x T, 1 x T (pooling), Tq x Ts (pair)
+    source_ids: np.ndarray | None = None  # pair models: the source as the model saw it
+    source_tokens: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -160,10 +162,13 @@ def encode_result(reply: pb.EncodeResponse) -> EncodeResult:
         attention = None
         if r.HasField("attention"):
             a = r.attention
-            attention = np.asarray(a.weights, np.float32).reshape(a.heads, a.length, a.length)
+            queries = a.queries or a.length  # 0: a server from before the field (self-attention)
+            attention = np.asarray(a.weights, np.float32).reshape(a.heads, queries, a.length)
         items.append(Encoding(
             ids=np.asarray(r.ids, np.int64), tokens=list(r.tokens), truncated=r.truncated,
             embedding=np.asarray(r.embedding, np.float32), logits=np.asarray(r.logits, np.float32),
             labels=_labels(r.labels), attention=attention,
+            source_ids=np.asarray(r.source_ids, np.int64) if r.source_ids else None,
+            source_tokens=list(r.source_tokens),
         ))
     return EncodeResult(reply.model, reply.version, items)

@@ -144,6 +144,8 @@ class EncodePlan:
     top_k: int
     attention: bool
     tokenizer: ByteTokenizer | None
+    pair: bool = False  # query_ids + source_ids: sources[i] goes with sequences[i]
+    attention_output: str = "attention"
 
 
 @dataclass(frozen=True)
@@ -153,24 +155,46 @@ class Tokens:
 
 
 ENCODER_INPUTS = ("input_ids", "attention_mask")
+PAIR_INPUTS = ("query_ids", "source_ids")  # ids only: the graph masks id 0 (padding) itself
+
+
+def _has_inputs(spec: ModelSpec, names: tuple[str, ...]) -> bool:
+    return tuple(t.name for t in spec.inputs) == names and all(spec.input(n).dims == (-1,) for n in names)
 
 
 def plan_encode(request: pb.EncodeRequest, spec: ModelSpec, assets: ModelAssets, limits: ApiLimits) -> EncodePlan:
-    if tuple(t.name for t in spec.inputs) != ENCODER_INPUTS or any(spec.input(n).dims != (-1,) for n in ENCODER_INPUTS):
-        raise InvalidInput(f"model {spec.name!r} is not a sequence encoder (inputs input_ids, attention_mask [-1])")
+    pair = _has_inputs(spec, PAIR_INPUTS)
+    if not pair and not _has_inputs(spec, ENCODER_INPUTS):
+        raise InvalidInput(
+            f"model {spec.name!r} is not a sequence encoder (inputs input_ids, attention_mask [-1]) "
+            "or a pair model (inputs query_ids, source_ids [-1])"
+        )
     logits = _output_dims(spec, "logits")
-    if spec.output("embedding") is None or logits is None:
+    if logits is None or (not pair and spec.output("embedding") is None):
         raise InvalidInput(f"model {spec.name!r} has no embedding and logits outputs")
-    if request.attention and spec.output("attention") is None:
-        raise InvalidInput(f"model {spec.name!r} has no attention output")
+    attention_output = "cross_attention" if pair else "attention"
+    if request.attention:
+        dims = _output_dims(spec, attention_output)
+        if dims is None:
+            raise InvalidInput(f"model {spec.name!r} has no {attention_output} output")
+        if len(dims) != 3:  # [heads, queries, tokens] after the batch dim
+            raise InvalidInput(f"model {spec.name!r}: {attention_output} output {list(dims)} is not [heads, queries, tokens]")
     check_count(len(request.sequences), limits, "sequences")
-    return EncodePlan(_sequence_limits(spec, assets, limits), effective_top_k(request.top_k, logits[0]),
-                      request.attention, assets.tokenizer)
+    if pair and len(request.sources) != len(request.sequences):
+        raise InvalidInput(
+            f"model {spec.name!r} reads pairs: send one source per sequence "
+            f"(got {len(request.sequences)} sequences, {len(request.sources)} sources)"
+        )
+    if not pair and request.sources:
+        raise InvalidInput(f"model {spec.name!r} takes one sequence per item; sources are for pair models")
+    first = PAIR_INPUTS[0] if pair else "input_ids"
+    return EncodePlan(_sequence_limits(spec, assets, limits, first), effective_top_k(request.top_k, logits[0]),
+                      request.attention, assets.tokenizer, pair, attention_output)
 
 
-def _sequence_limits(spec: ModelSpec, assets: ModelAssets, limits: ApiLimits) -> SequenceLimits:
+def _sequence_limits(spec: ModelSpec, assets: ModelAssets, limits: ApiLimits, input_name: str = "input_ids") -> SequenceLimits:
     """The longest sequence and the vocabulary, from every place the model declares them."""
-    ids = spec.input("input_ids")
+    ids = spec.input(input_name)
     assert ids is not None  # plan_encode checked the inputs
     lengths = [limits.max_tokens]
     vocab = []
@@ -182,14 +206,16 @@ def _sequence_limits(spec: ModelSpec, assets: ModelAssets, limits: ApiLimits) ->
         lengths.append(int(ids.max_dims[0]))
     if ids.max_value is not None:
         vocab.append(int(ids.max_value) + 1)
-    return SequenceLimits(min(lengths), min(vocab) if vocab else None)
+    lowest = max(0, int(ids.min_value)) if ids.min_value is not None else 0
+    return SequenceLimits(min(lengths), min(vocab) if vocab else None, lowest)
 
 
-def tokens_of(request: pb.EncodeRequest, plan: EncodePlan) -> list[Tokens]:
-    """Every sequence of the request as checked ids; InvalidInput names ``sequences[i]``."""
+def tokens_of(request: pb.EncodeRequest, plan: EncodePlan, field: str = "sequences") -> list[Tokens]:
+    """Every sequence (or source) of the request as checked ids; InvalidInput names
+    ``sequences[i]`` (``sources[i]``)."""
     out = []
-    for index, sequence in enumerate(request.sequences):
-        where = f"sequences[{index}]"
+    for index, sequence in enumerate(getattr(request, field)):
+        where = f"{field}[{index}]"
         kind = sequence.WhichOneof("input")
         if kind == "text":
             if plan.tokenizer is None:
@@ -209,24 +235,42 @@ def encoder_inputs(tokens: Tokens) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
 
+def pair_inputs(query: Tokens, source: Tokens) -> dict[str, np.ndarray]:
+    """One (query, source) pair as a one-row request; the batcher pads each on its own."""
+    return {"query_ids": query.ids[None, :], "source_ids": source.ids[None, :]}
+
+
 def encode_response(
     request: pb.EncodeRequest, model: str, version: str, tokens: Sequence[Tokens],
     outputs: Sequence[Mapping[str, np.ndarray]], plan: EncodePlan, assets: ModelAssets,
+    sources: Sequence[Tokens] = (),
 ) -> pb.EncodeResponse:
     response = pb.EncodeResponse(model=model, version=version, id=request.id)
-    for item, out in zip(tokens, outputs, strict=True):
+    for index, (item, out) in enumerate(zip(tokens, outputs, strict=True)):
         logits = out["logits"][0]
         result = response.results.add(
             ids=item.ids.tolist(),
             truncated=item.truncated,
-            embedding=out["embedding"][0].tolist(),
             logits=logits.tolist(),
             labels=top_labels(softmax(logits), plan.top_k, assets),
         )
+        if "embedding" in out:
+            result.embedding.extend(out["embedding"][0].tolist())
         if plan.tokenizer is not None:
             result.tokens.extend(plan.tokenizer.token_text(int(t)) for t in item.ids)
+        if plan.pair:
+            source = sources[index]
+            result.source_ids.extend(source.ids.tolist())
+            result.source_truncated = source.truncated
+            if plan.tokenizer is not None:
+                result.source_tokens.extend(plan.tokenizer.token_text(int(t)) for t in source.ids)
         if plan.attention:
-            weights = out["attention"][0]  # [heads, T, T], already cut to this sequence
-            result.attention.heads, result.attention.length = weights.shape[0], weights.shape[-1]
+            # [heads, queries, keys], cut to this sequence: queries T (self-attention), 1
+            # (attention pooling's learned query) or the query's length over the source's
+            # (cross-attention).
+            weights = out[plan.attention_output][0]
+            heads, queries, length = weights.shape
+            result.attention.heads, result.attention.length = heads, length
+            result.attention.queries = queries
             result.attention.weights.extend(weights.ravel().tolist())
     return response

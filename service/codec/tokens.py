@@ -84,6 +84,9 @@ class ByteTokenizer:
 class SequenceLimits:
     max_length: int
     vocab_size: int | None  # None: the model declares no vocabulary, ids are not range-checked
+    # Lowest id a client may send: 1 where the graph reads id 0 as padding (pair models take no
+    # mask), from attnserve.input_limits' "min".
+    min_id: int = 0
 
 
 def check_ids(ids: Sequence[int], limits: SequenceLimits, where: str) -> np.ndarray:
@@ -94,11 +97,11 @@ def check_ids(ids: Sequence[int], limits: SequenceLimits, where: str) -> np.ndar
     if array.size > limits.max_length:
         raise InvalidInput(f"{where}: {array.size} tokens, above the model's maximum of {limits.max_length}")
     if limits.vocab_size is not None:
-        bad = np.flatnonzero((array < 0) | (array >= limits.vocab_size))
+        bad = np.flatnonzero((array < limits.min_id) | (array >= limits.vocab_size))
         if bad.size:
             first = int(bad[0])
             raise InvalidInput(
                 f"{where}: token id {int(array[first])} at position {first} is outside the vocabulary "
-                f"[0, {limits.vocab_size})"
+                f"[{limits.min_id}, {limits.vocab_size})"
             )
     return array

@@ -126,12 +126,15 @@ class AttnServeServicer(pb_grpc.AttnServeServicer):
             assets = self._assets.get(model)
             plan = api.plan_encode(request, model.spec, assets, self._limits)
             tokens = api.tokens_of(request, plan)
-            outputs = await all_of(
-                self._dataplane.infer(model, api.encoder_inputs(t), deadline=deadline) for t in tokens
+            sources = api.tokens_of(request, plan, "sources") if plan.pair else []
+            inputs = (
+                [api.pair_inputs(q, s) for q, s in zip(tokens, sources, strict=True)]
+                if plan.pair else [api.encoder_inputs(t) for t in tokens]
             )
+            outputs = await all_of(self._dataplane.infer(model, i, deadline=deadline) for i in inputs)
             # Attention maps make big replies (heads x T x T floats per sequence): off the loop.
             return await asyncio.to_thread(
-                api.encode_response, request, model.name, model.version, tokens, outputs, plan, assets
+                api.encode_response, request, model.name, model.version, tokens, outputs, plan, assets, sources
             )
 
     async def _infer_rows(

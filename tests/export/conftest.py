@@ -1,4 +1,4 @@
-"""One export of the three default models per test session (exports take seconds each)."""
+"""One export of the default models per test session (exports take seconds each)."""
 
 from __future__ import annotations
 

@@ -155,3 +155,23 @@ def test_config_rejects_what_cannot_be_built() -> None:
         family.AttentionConfig(heads=3)
     with pytest.raises(ValueError, match="ngram_orders"):
         family.AttentionConfig(ngram_orders=5)
+
+
+@pytest.mark.parametrize("name", list(FAMILY))
+def test_exported_member_gives_padded_tokens_exactly_zero_weight(name: str, onnx_paths: dict[str, Path]) -> None:
+    """The served graph, not only PyTorch: a ragged batch (one row all padding) through ORT."""
+    ids = np.zeros((4, 20), np.int64)
+    for row, length in enumerate((20, 7, 1, 0)):
+        ids[row, :length] = np.arange(length) % 200 + 40
+    session = open_session(onnx_paths[name])
+    feed = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)}
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+    real = ids != 0
+    pooling = outputs["attention"]  # [B, H, 1, T]
+    assert np.count_nonzero(pooling[np.broadcast_to(~real[:, None, None, :], pooling.shape)]) == 0
+    np.testing.assert_allclose(pooling[:3].sum(axis=-1), 1.0, rtol=1e-6)
+    assert np.count_nonzero(pooling[3]) == 0  # no real token: no weight at all, not uniform
+    if "self_attention" in outputs:
+        weights = outputs["self_attention"]
+        assert np.count_nonzero(weights[np.broadcast_to(~real[:, None, None, :], weights.shape)]) == 0
+    assert np.isfinite(outputs["logits"]).all()

@@ -57,7 +57,7 @@ def sample_inputs(
     arrays: dict[str, np.ndarray] = {}
     for tensor in spec.inputs:
         dims = tuple(length if d == -1 else d for d in tensor.dims)
-        if tensor.name == "input_ids":
+        if tensor.name in ("input_ids", "query_ids", "source_ids"):  # no id 0: pair models read it as padding
             arrays[tensor.name] = np.stack([token_ids(length, rng) for _ in range(rows)])
         elif tensor.name == "attention_mask":
             arrays[tensor.name] = np.ones((rows, *dims), dtype=np.int64)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.integration.support import ENCODER, SAGAN, SECNN, model_stats, sample_inputs
+from tests.integration.support import ENCODER, SAGAN, SECNN, model_stats, sample_inputs, spec_of
 
 RUN_TIMEOUT_S = 180
 
@@ -94,7 +94,10 @@ def _throughputs(output: str) -> dict[int, float]:
 
 @pytest.mark.parametrize(
     ("model", "mode"),
-    [(SECNN, "sync"), (SAGAN, "async"), (ENCODER, "streaming")],
+    [
+        (SECNN, "sync"), (SAGAN, "async"), (ENCODER, "streaming"),
+        ("langid_dot", "sync"), ("langid_additive", "async"), ("langid_mha", "streaming"),
+    ],
 )
 def test_perf_analyzer_runs_clean(perf_analyzer, server, client, model_repository, tmp_path, model, mode) -> None:
     rng = np.random.default_rng(40)
@@ -107,8 +110,10 @@ def test_perf_analyzer_runs_clean(perf_analyzer, server, client, model_repositor
         # Random int64 data would be out-of-range labels and token ids: give valid ones.
         samples = [sample_inputs(model_repository, model, 1, rng, length=16) for _ in range(8)]
         flags += ["--input-data", str(_input_file(tmp_path / f"{model}.json", samples))]
-        if model == ENCODER:
-            flags += ["--shape", "input_ids:16", "--shape", "attention_mask:16"]
+        # Variable-length token inputs (the encoder, the attention family) get a fixed shape.
+        for tensor in spec_of(model_repository, model).inputs:
+            if -1 in tensor.dims:
+                flags += ["--shape", f"{tensor.name}:16"]
     rows_per_request = 2 if model == SECNN else 1
 
     before = model_stats(client, model)

@@ -183,33 +183,37 @@ class Sequence(_message.Message):
     def __init__(self, ids: _Optional[_Union[TokenIds, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("model", "version", "sequences", "top_k", "attention", "id")
+    __slots__ = ("model", "version", "sequences", "top_k", "attention", "id", "sources")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     sequences: _containers.RepeatedCompositeFieldContainer[Sequence]
     top_k: int
     attention: bool
     id: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., top_k: _Optional[int] = ..., attention: _Optional[bool] = ..., id: _Optional[str] = ...) -> None: ...
+    sources: _containers.RepeatedCompositeFieldContainer[Sequence]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., top_k: _Optional[int] = ..., attention: _Optional[bool] = ..., id: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ...) -> None: ...
 
 class HeadAttention(_message.Message):
-    __slots__ = ("heads", "length", "weights")
+    __slots__ = ("heads", "length", "weights", "queries")
     HEADS_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
     heads: int
     length: int
     weights: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, heads: _Optional[int] = ..., length: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ...) -> None: ...
+    queries: int
+    def __init__(self, heads: _Optional[int] = ..., length: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ..., queries: _Optional[int] = ...) -> None: ...
 
 class Encoding(_message.Message):
-    __slots__ = ("ids", "truncated", "embedding", "logits", "labels", "attention", "tokens")
+    __slots__ = ("ids", "truncated", "embedding", "logits", "labels", "attention", "tokens", "source_ids", "source_truncated", "source_tokens")
     IDS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +221,9 @@ class Encoding(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[int]
     truncated: bool
     embedding: _containers.RepeatedScalarFieldContainer[float]
@@ -224,7 +231,10 @@ class Encoding(_message.Message):
     labels: _containers.RepeatedCompositeFieldContainer[Label]
     attention: HeadAttention
     tokens: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ids: _Optional[_Iterable[int]] = ..., truncated: _Optional[bool] = ..., embedding: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., attention: _Optional[_Union[HeadAttention, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+    source_ids: _containers.RepeatedScalarFieldContainer[int]
+    source_truncated: bool
+    source_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., truncated: _Optional[bool] = ..., embedding: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., attention: _Optional[_Union[HeadAttention, _Mapping]] = ..., tokens: _Optional[_Iterable[str]] = ..., source_ids: _Optional[_Iterable[int]] = ..., source_truncated: _Optional[bool] = ..., source_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("model", "version", "id", "results")
