@@ -19,6 +19,10 @@ def headline(metrics: dict[str, Any]) -> str:
     """The held-out figures that decide whether the weights ship."""
     held = metrics["held_out"]
     name = metrics["model"]
+    from export.train import vision_cards
+
+    if name in vision_cards.CARDS:
+        return vision_cards.headline(metrics)
     if name == "se_cnn_classifier":
         return f"held-out accuracy {held['accuracy']:.2%} ({held['errors']} errors in 1,000)"
     if name == "transformer_encoder":
@@ -76,7 +80,11 @@ def _se_cnn(m: dict[str, Any]) -> list[str]:
 def write_card(out: Path, metrics: dict[str, Any]) -> Path:
     """Write ``<out>/<model>.md`` from ``metrics``; returns the path."""
     name = metrics["model"]
-    if name == "se_cnn_classifier":
+    from export.train import vision_cards
+
+    if name in vision_cards.CARDS:
+        sections = vision_cards.CARDS[name](metrics)
+    elif name == "se_cnn_classifier":
         sections = _se_cnn(metrics)
     elif name == "transformer_encoder":
         from export.train.card_text import encoder_card

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.integration.support import ENCODER, SAGAN, SECNN, model_stats, sample_inputs
+from tests.integration.support import ENCODER, SAGAN, SECNN, VISION, model_stats, sample_inputs
 
 RUN_TIMEOUT_S = 180
 
@@ -94,14 +94,14 @@ def _throughputs(output: str) -> dict[int, float]:
 
 @pytest.mark.parametrize(
     ("model", "mode"),
-    [(SECNN, "sync"), (SAGAN, "async"), (ENCODER, "streaming")],
+    [(SECNN, "sync"), (SAGAN, "async"), (ENCODER, "streaming"), *((m, "sync") for m in VISION)],
 )
 def test_perf_analyzer_runs_clean(perf_analyzer, server, client, model_repository, tmp_path, model, mode) -> None:
     rng = np.random.default_rng(40)
     flags = ["--concurrency-range", "4", "--request-count", "200"]
     if mode != "sync":
         flags.append(f"--{mode}")
-    if model == SECNN:
+    if model in (SECNN, *VISION):
         flags += ["-b", "2"]  # two rows per request: random images are valid inputs
     else:
         # Random int64 data would be out-of-range labels and token ids: give valid ones.
@@ -109,7 +109,7 @@ def test_perf_analyzer_runs_clean(perf_analyzer, server, client, model_repositor
         flags += ["--input-data", str(_input_file(tmp_path / f"{model}.json", samples))]
         if model == ENCODER:
             flags += ["--shape", "input_ids:16", "--shape", "attention_mask:16"]
-    rows_per_request = 2 if model == SECNN else 1
+    rows_per_request = 2 if model in (SECNN, *VISION) else 1
 
     before = model_stats(client, model)
     output = _run(perf_analyzer, server, model, *flags)

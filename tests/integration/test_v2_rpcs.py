@@ -98,7 +98,7 @@ def test_model_config_is_the_parsed_config_pbtxt(
 def test_repository_index(client: grpcclient.InferenceServerClient) -> None:
     index = client.get_model_repository_index()
     assert sorted((m.name, m.version, m.state) for m in index.models) == [
-        (name, "1", "READY") for name in DEFAULT_MODELS
+        (name, "1", "READY") for name in sorted(DEFAULT_MODELS)
     ]
 
 
