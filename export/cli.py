@@ -23,6 +23,8 @@ from export.defaults import MODEL_NAMES
 from export.errors import CheckpointError, ConfigError, ExportFailure, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# --instance-kind -> config.pbtxt's instance_group kind (Triton's names).
+INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="max_batch_size for every exported model (default: per model, 64 or 32)",
+    )
+    parser.add_argument(
+        "--instance-kind",
+        choices=tuple(INSTANCE_KINDS),
+        default="cpu",
+        help="instance_group kind written to every config.pbtxt: cpu (KIND_CPU) or gpu "
+        "(KIND_GPU, for a repository served on CUDA, as the GPU image's is); default cpu",
     )
     return parser
 
@@ -199,6 +208,7 @@ def _export_all(args: argparse.Namespace, plan: list[Planned]) -> int:
             result = export_model(
                 SPECS[name], config, model, args.model_repository, args.max_batch_size, step,
                 version=args.version or 1, keep_config=args.version is not None,
+                instance_kind=INSTANCE_KINDS[args.instance_kind],
             )
             bar.update(1)
             tqdm.write(format_parity_table(name, result.rows), file=sys.stdout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,12 @@ def export_model(
     *,
     version: int = 1,
     keep_config: bool = False,
+    instance_kind: str = "KIND_CPU",
 ) -> ExportResult:
     """Export ``model`` (built by ``load_weights``) into ``repository`` as ``version``;
-    ``keep_config`` leaves an existing config.pbtxt and side files untouched (see write_model).
+    ``keep_config`` leaves an existing config.pbtxt and side files untouched (see write_model);
+    ``instance_kind`` is config.pbtxt's instance_group kind (KIND_CPU, or KIND_GPU for a
+    repository built for a CUDA server).
 
     Raises ParityError (with the table) when ONNX Runtime disagrees with PyTorch.
     """
@@ -106,7 +109,7 @@ def export_model(
         on_step("write")
         model_dir = write_model(
             repository,
-            spec.config_spec(config, max_batch_size),
+            replace(spec.config_spec(config, max_batch_size), instance_kind=instance_kind),
             onnx_path,
             spec.side_files(config),
             version=version,

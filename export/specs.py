@@ -18,9 +18,11 @@ from torch import nn
 from torch.export import Dim
 
 from export.defaults import DEFAULT_MAX_BATCH_SIZE, MODEL_NAMES, SEEDS
+from export.models import cbam_classifier as cbam
 from export.models import langid_attention as family
 from export.models import sagan_generator as sagan
 from export.models import se_cnn_classifier as secnn
+from export.models import stn_classifier as stn
 from export.models import transformer_encoder as encoder
 from export.repository_writer import (
     ModelConfigSpec,
@@ -300,6 +302,108 @@ class EncoderSpec(ModelSpec):
         return params
 
 
+class CbamSpec(ModelSpec):
+    name = "cbam_classifier"
+    config_type = cbam.CbamConfig
+    variants = {"default": cbam.CbamConfig(), "benchmark": cbam.CbamConfig()}
+
+    def build(self, config: cbam.CbamConfig) -> nn.Module:
+        return cbam.CbamClassifier(config)
+
+    def inputs(self, config: cbam.CbamConfig) -> tuple[TensorConfig, ...]:
+        return (_image_input(config),)
+
+    def outputs(self, config: cbam.CbamConfig) -> tuple[TensorConfig, ...]:
+        k = config.num_classes
+        maps = tuple(
+            TensorConfig(f"spatial_attention_{i}", "TYPE_FP32", (side, side))
+            for i, side in enumerate(config.map_sides)
+        )
+        return (
+            TensorConfig("logits", "TYPE_FP32", (k,)),
+            TensorConfig("probabilities", "TYPE_FP32", (k,)),
+            TensorConfig("channel_weights", "TYPE_FP32", (sum(config.stage_channels),)),
+            *maps,
+        )
+
+    def sample(
+        self,
+        config: cbam.CbamConfig,
+        batch: int,
+        generator: torch.Generator,
+        sequence: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return _image_sample(config, batch, generator)
+
+    def side_files(self, config: cbam.CbamConfig) -> dict[str, str]:
+        return {LABELS_FILE: _labels_text(config.labels, config.num_classes)}
+
+    def parameters(self, config: cbam.CbamConfig) -> dict[str, str]:
+        return {
+            **_image_parameters(config),
+            "attnserve.channel_stages": ",".join(str(c) for c in config.stage_channels),
+        }
+
+
+class StnSpec(ModelSpec):
+    name = "stn_classifier"
+    config_type = stn.StnConfig
+    variants = {"default": stn.StnConfig(), "benchmark": stn.StnConfig()}
+
+    def build(self, config: stn.StnConfig) -> nn.Module:
+        return stn.StnClassifier(config)
+
+    def inputs(self, config: stn.StnConfig) -> tuple[TensorConfig, ...]:
+        return (_image_input(config),)
+
+    def outputs(self, config: stn.StnConfig) -> tuple[TensorConfig, ...]:
+        k, side = config.num_classes, config.rectified_size
+        return (
+            TensorConfig("logits", "TYPE_FP32", (k,)),
+            TensorConfig("probabilities", "TYPE_FP32", (k,)),
+            TensorConfig("theta", "TYPE_FP32", (2, 3)),
+            TensorConfig("rectified_image", "TYPE_FP32", (config.in_channels, side, side)),
+        )
+
+    def sample(
+        self,
+        config: stn.StnConfig,
+        batch: int,
+        generator: torch.Generator,
+        sequence: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return _image_sample(config, batch, generator)
+
+    def side_files(self, config: stn.StnConfig) -> dict[str, str]:
+        return {LABELS_FILE: _labels_text(config.labels, config.num_classes)}
+
+    def parameters(self, config: stn.StnConfig) -> dict[str, str]:
+        return _image_parameters(config)
+
+
+def _image_input(config: Any) -> TensorConfig:
+    """``image`` [C, H, W] of a square-image classifier config."""
+    side = config.image_size
+    return TensorConfig("image", "TYPE_FP32", (config.in_channels, side, side))
+
+
+def _image_sample(config: Any, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    side = config.image_size
+    return {"image": torch.randn(batch, config.in_channels, side, side, generator=generator)}
+
+
+def _image_parameters(config: Any) -> dict[str, str]:
+    """Labels and the server-side preprocess (decode, resize, scale to [0, 1], normalise)."""
+    preprocess = {
+        "mode": "L" if config.in_channels == 1 else "RGB",
+        "height": config.image_size,
+        "width": config.image_size,
+        "mean": list(config.normalize_mean),
+        "std": list(config.normalize_std),
+    }
+    return {"attnserve.labels": LABELS_FILE, "attnserve.preprocess": _json(preprocess)}
+
+
 def ragged_ids(
     batch: int, length: int, vocab_size: int, generator: torch.Generator
 ) -> torch.Tensor:
@@ -433,6 +537,7 @@ SPECS: dict[str, ModelSpec] = {  # keyed and ordered as export.defaults.MODEL_NA
         SaganSpec(),
         SeCnnSpec(),
         EncoderSpec(),
+        CbamSpec(),
         LangIdAttentionSpec("langid_dot", family.LANGID_DOT),
         LangIdAttentionSpec("langid_additive", family.LANGID_ADDITIVE),
         LangIdAttentionSpec("langid_mha", family.LANGID_MHA),

@@ -26,7 +26,7 @@ from service.metrics import GpuSampler, Metrics, start_metrics_http
 from service.model_config import ModelSpec
 from service.model_control import ModelControl
 from service.repository import ModelRepository
-from service.runtime import OrtRunner, default_intra_op_threads, resolve_provider
+from service.runtime import OrtRunner, default_intra_op_threads, model_provider, resolve_provider
 from service.settings import Settings, check_repository
 from service.transport.api import AttnServeServicer, api_limits  # attnserve API (issue 4)
 from service.transport.http.api import ApiRoutes
@@ -82,7 +82,7 @@ class App:
         timeout = self.settings.execution_timeout_s if spec.execution_timeout_s is None else spec.execution_timeout_s
         return OrtRunner(
             path,
-            provider=self.provider,
+            provider=model_provider(self.provider, spec.instance_kind, spec.name),
             instances=spec.instance_count,
             intra_op_threads=threads,
             device_id=self.settings.device_id,

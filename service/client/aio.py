@@ -37,9 +37,11 @@ class AsyncClient(ClientBase):
     # -- attnserve API -----------------------------------------------------------------------
     async def classify(
         self, images: Iterable[rq.ImageLike], *, top_k: int = 0, channel_weights: bool = False,
-        model: str = "", version: str = "", timeout: float | None = UNSET,
+        model: str = "", version: str = "", timeout: float | None = UNSET, spatial_attention: bool = False,
+        transform: bool = False, attention: rq.Attention = None,
     ) -> t.ClassifyResult:
-        request = rq.classify_request(images, model=model, version=version, top_k=top_k, channel_weights=channel_weights)
+        request = rq.classify_request(images, model=model, version=version, top_k=top_k, channel_weights=channel_weights,
+                                      spatial_attention=spatial_attention, transform=transform, attention=attention)
         return t.classify_result(await self._unary(self._api.Classify, request, timeout))
 
     async def generate(

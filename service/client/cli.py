@@ -5,6 +5,7 @@
     attnserve encode "text" | --ids 1,2,3           labels, tokens and embedding
     attnserve attention generate --pixel Y,X -o overlay.png     where a pixel looks
     attnserve attention encode "text" -o heads.png               heads x tokens heatmap
+    attnserve attention classify digit.png --model M -o maps.png  what a vision model attends to
 
 Human-readable output by default, ``--json`` for scripts. Exit status: 0 when everything
 succeeded, 1 when a call (or one of the files) failed, 2 for a usage error.
@@ -94,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--query", type=int, help="query token index (default: mean over all queries)")
     e.add_argument("-o", "--output", type=Path, default=Path("attention.png"))
     e.set_defaults(run=attention_encode)
+    c = kinds.add_parser("classify", parents=[common],
+                         help="what an image classifier attends to: CBAM spatial maps, the STN's crop, "
+                              "or SASA windows (by the model's outputs)")
+    c.add_argument("file", type=Path, metavar="FILE")
+    c.add_argument("--pixel", action="append", type=_pair, metavar="Y,X",
+                   help="local-attention query pixel of the model input (repeatable; default: four "
+                        "pixels at the quarter points)")
+    c.add_argument("--scale", type=int, default=8, help="upscale factor of the PNG (default 8)")
+    c.add_argument("-o", "--output", type=Path, default=Path("attention.png"))
+    c.set_defaults(run=attention_classify, model_default="cbam_classifier")
     return parser
 
 
@@ -335,3 +346,75 @@ def _cross_picture(result: Any, item: Any, tokens: list[str], args: argparse.Nam
             top = int(np.argmax(weights[i]))
             print(f"  {token!r} reads {keys[top]!r} most, {weights[i, top]:.3f}")
     return 0
+
+
+def attention_classify(client: Client, args: argparse.Namespace) -> int:
+    """One image through a vision-attention model; what the picture shows depends on the
+    outputs the model has (read from its v2 metadata)."""
+    from PIL import Image
+
+    from service.client.render import affine_outline, heat_overlay, image_grid
+
+    model = args.model or args.model_default
+    tensors = client.tensors(model, args.version)
+    outputs = tensors["outputs"]
+    _, channels, height, width = next(iter(tensors["inputs"].values()))
+    spatial = any(n.startswith("spatial_attention_") for n in outputs)
+    transform = "theta" in outputs and "rectified_image" in outputs
+    window = "window_attention" in outputs
+    if not (spatial or transform or window):
+        raise ValueError(f"model {model!r} has no spatial_attention, theta or window_attention outputs to draw")
+    pixels = args.pixel or [(height * fy // 4, width * fx // 4) for fy in (1, 3) for fx in (1, 3)]
+    result = client.classify([args.file], top_k=3, model=model, version=args.version, spatial_attention=spatial,
+                             transform=transform, attention=pixels if window else None)
+    item = result.items[0]
+    shown = Image.open(args.file).convert("L" if channels == 1 else "RGB").resize((width, height))
+    panels = [shown.convert("RGB").resize((width * args.scale, height * args.scale), Image.Resampling.NEAREST)]
+    report: dict[str, Any] = {"model": result.model, "version": result.version, "output": str(args.output),
+                              "labels": _labels(item.labels)}
+    lines = [f"{args.file}: {_show(item.labels)}"]
+    for stage, plane in enumerate(item.spatial_attention):
+        panels.append(heat_overlay(shown, plane, args.scale, normalise=False))
+        lines.append(f"  stage {stage}: {plane.shape[0]}x{plane.shape[1]} spatial map, mean {plane.mean():.3f}, "
+                     f"max {plane.max():.3f} at {np.unravel_index(int(plane.argmax()), plane.shape)}")
+    report["spatial_attention"] = [np.round(p, 6).tolist() for p in item.spatial_attention]
+    if item.theta is not None and item.rectified_png is not None:
+        panels[0] = affine_outline(shown, item.theta, args.scale)
+        crop = Image.open(io.BytesIO(item.rectified_png))
+        panels.append(crop.convert("RGB").resize(panels[0].size, Image.Resampling.NEAREST))
+        report["theta"] = np.round(item.theta, 6).tolist()
+        lines.append(f"  theta {np.array2string(item.theta, precision=3)}; rectified {crop.width}x{crop.height} "
+                     "(the crop is outlined on the input)")
+    for query in item.attention:
+        panels.append(_window_panel(shown, query, args.scale))
+        head_mean = query.weights.mean(axis=0)
+        dy, dx = np.unravel_index(int(head_mean.argmax()), head_mean.shape)
+        half = head_mean.shape[0] // 2
+        lines.append(f"  pixel {query.pixel} (cell {query.cell} of {query.grid[0]}x{query.grid[1]}): "
+                     f"{query.weights.shape[0]} heads, mean weight peaks at offset ({dy - half:+d}, {dx - half:+d})")
+    report["attention"] = [{"pixel": list(q.pixel), "cell": list(q.cell), "grid": list(q.grid),
+                            "weights": np.round(q.weights, 6).tolist()} for q in item.attention]
+    image_grid(panels, columns=len(panels)).save(args.output)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"wrote {args.output}: {len(panels)} panels from {result.model} v{result.version}")
+        print("\n".join(lines))
+    return 0
+
+
+def _window_panel(shown: Any, query: Any, scale: int) -> Any:
+    """A local-attention window (mean over heads) placed on the layer's grid around its query
+    cell, blended over the input, with the query pixel marked."""
+    from service.client.render import attention_overlay
+
+    rows, cols = query.grid
+    window = query.weights.mean(axis=0)
+    half = window.shape[0] // 2
+    plane = np.zeros((rows, cols), np.float64)
+    for dy in range(window.shape[0]):
+        for dx in range(window.shape[1]):
+            y, x = query.cell[0] + dy - half, query.cell[1] + dx - half
+            if 0 <= y < rows and 0 <= x < cols:
+                plane[y, x] = window[dy, dx]
+    return attention_overlay(shown, plane, query.pixel, scale=scale)

@@ -48,14 +48,33 @@ def image_grid(images: Sequence[Image.Image], columns: int | None = None, scale:
     return sheet
 
 
+def heat_overlay(image: Image.Image, weights: np.ndarray, scale: int = 8, alpha: float = 0.6,
+                 normalise: bool = True) -> Image.Image:
+    """``weights`` (any grid over the whole image), smoothed up to the image and blended over it;
+    ``normalise=False`` keeps weights already in [0, 1] (CBAM's sigmoid maps) as they are."""
+    base = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    values = _normalised(weights) if normalise else np.asarray(weights, np.float64)
+    heat = Image.fromarray(colormap(values)).resize(base.size, Image.Resampling.BILINEAR)
+    return Image.blend(base, heat, alpha)
+
+
+def affine_outline(image: Image.Image, theta: np.ndarray, scale: int = 8) -> Image.Image:
+    """The input image with the quadrilateral a spatial transformer's ``theta`` [2, 3] crops
+    (torch affine_grid convention, align_corners=False) drawn on it in cyan."""
+    base = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    corners = np.array([(-1, -1, 1), (1, -1, 1), (1, 1, 1), (-1, 1, 1)], np.float64)  # (x, y, 1)
+    mapped = corners @ np.asarray(theta, np.float64).T  # normalised input coordinates
+    points = [((x + 1) / 2 * base.width, (y + 1) / 2 * base.height) for x, y in mapped]
+    ImageDraw.Draw(base).polygon(points, outline=MARKER, width=max(1, scale // 4))
+    return base
+
+
 def attention_overlay(
     image: Image.Image, weights: np.ndarray, pixel: tuple[int, int], scale: int = 8, alpha: float = 0.6
 ) -> Image.Image:
     """Where one pixel looks: the key-grid weights, smoothed up to the image, over the image;
     the query pixel is marked with a cyan square."""
-    base = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    heat = Image.fromarray(colormap(_normalised(weights))).resize(base.size, Image.Resampling.BILINEAR)
-    out = Image.blend(base, heat, alpha)
+    out = heat_overlay(image, weights, scale, alpha)
     y, x = pixel
     half = max(2, scale // 2)
     cy, cx = int((y + 0.5) * scale), int((x + 0.5) * scale)

@@ -43,12 +43,25 @@ def encoded_image(image: ImageLike) -> bytes:
 
 def classify_request(
     images: Iterable[ImageLike], *, model: str = "", version: str = "", top_k: int = 0,
-    channel_weights: bool = False, request_id: str = "",
+    channel_weights: bool = False, request_id: str = "", spatial_attention: bool = False,
+    transform: bool = False, attention: Attention = None,
 ) -> pb.ClassifyRequest:
-    return pb.ClassifyRequest(
+    """``attention``: pixels (y, x) of the model input whose local-attention windows to return."""
+    request = pb.ClassifyRequest(
         model=model, version=version, images=[encoded_image(i) for i in images],
         top_k=top_k, channel_weights=channel_weights, id=request_id,
+        spatial_attention=spatial_attention, transform=transform,
     )
+    _attention(request.attention, attention)
+    return request
+
+
+def _attention(message: pb.AttentionRequest, attention: Attention) -> None:
+    """Fill ``message`` (setting the field) unless ``attention`` is None."""
+    if attention == "all":
+        message.all_queries = True
+    elif attention is not None:
+        message.queries.extend(pb.Point(y=int(y), x=int(x)) for y, x in attention)  # type: ignore[union-attr]
 
 
 def sequence(item: SequenceLike) -> pb.Sequence:
@@ -83,10 +96,7 @@ def generate_request(
         request.class_labels.extend(str(c) for c in wanted)
     else:
         raise TypeError("give classes as all indices or all labels")
-    if attention == "all":
-        request.attention.all_queries = True
-    elif attention is not None:
-        request.attention.queries.extend(pb.Point(y=int(y), x=int(x)) for y, x in attention)  # type: ignore[union-attr]
+    _attention(request.attention, attention)
     return request
 
 

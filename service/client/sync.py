@@ -42,9 +42,13 @@ class Client(ClientBase):
     # -- attnserve API -----------------------------------------------------------------------
     def classify(
         self, images: Iterable[rq.ImageLike], *, top_k: int = 0, channel_weights: bool = False,
-        model: str = "", version: str = "", timeout: float | None = UNSET,
+        model: str = "", version: str = "", timeout: float | None = UNSET, spatial_attention: bool = False,
+        transform: bool = False, attention: rq.Attention = None,
     ) -> t.ClassifyResult:
-        request = rq.classify_request(images, model=model, version=version, top_k=top_k, channel_weights=channel_weights)
+        """``spatial_attention`` (CBAM maps), ``transform`` (STN theta and crop) and
+        ``attention`` (local-attention windows of (y, x) pixels, or "all") need models that have them."""
+        request = rq.classify_request(images, model=model, version=version, top_k=top_k, channel_weights=channel_weights,
+                                      spatial_attention=spatial_attention, transform=transform, attention=attention)
         return t.classify_result(self._unary(self._api.Classify, request, timeout))
 
     def generate(
@@ -104,6 +108,12 @@ class Client(ClientBase):
     def models(self, *, timeout: float | None = UNSET) -> list[dict[str, str]]:
         reply = self._unary(self._v2.RepositoryIndex, v2.RepositoryIndexRequest(), timeout)
         return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in reply.models]
+
+    def tensors(self, model: str, version: str = "", *, timeout: float | None = UNSET) -> dict[str, dict[str, list[int]]]:
+        """The model's ``inputs`` and ``outputs``: name -> shape (-1 for the batch and variable dims)."""
+        reply = self._unary(self._v2.ModelMetadata, v2.ModelMetadataRequest(name=model, version=version), timeout)
+        return {"inputs": {t.name: list(t.shape) for t in reply.inputs},
+                "outputs": {t.name: list(t.shape) for t in reply.outputs}}
 
     def health(self, service: str = "", *, timeout: float | None = UNSET) -> str:
         reply = self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)

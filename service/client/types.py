@@ -22,10 +22,24 @@ class Label:
 
 
 @dataclass(frozen=True)
+class WindowAttention:
+    """Where one query looks in a local self-attention layer."""
+
+    pixel: tuple[int, int]  # (y, x) on the model input
+    cell: tuple[int, int]  # (row, column) on the layer's grid
+    grid: tuple[int, int]  # the layer's grid (rows, columns) over the model input
+    weights: np.ndarray  # [heads, window, window], centred on the cell; each head sums to 1
+
+
+@dataclass(frozen=True)
 class Classification:
     labels: list[Label]  # most probable first
     channel_weights: np.ndarray | None = None  # SE weights of every stage, concatenated
     stage_sizes: tuple[int, ...] = ()  # how channel_weights splits by stage, when known
+    spatial_attention: list[np.ndarray] = field(default_factory=list)  # [H_i, W_i] per stage (CBAM)
+    theta: np.ndarray | None = None  # [2, 3] affine of a spatial transformer
+    rectified_png: bytes | None = None  # the crop the spatial transformer chose
+    attention: list[WindowAttention] = field(default_factory=list)  # local-attention windows asked for
 
     @property
     def top(self) -> Label:
@@ -132,7 +146,17 @@ def classify_result(reply: pb.ClassifyResponse) -> ClassifyResult:
     items = []
     for r in reply.results:
         weights = np.asarray(r.channel_weights.weights, np.float32) if r.HasField("channel_weights") else None
-        items.append(Classification(_labels(r.labels), weights, tuple(r.channel_weights.stage_sizes)))
+        maps = [np.asarray(m.weights, np.float32).reshape(m.height, m.width) for m in r.spatial_attention]
+        theta = np.asarray(r.transform.theta, np.float32).reshape(2, 3) if r.HasField("transform") else None
+        windows = [
+            WindowAttention((w.pixel.y, w.pixel.x), (w.cell.y, w.cell.x), (w.grid_height, w.grid_width),
+                            np.asarray(w.weights, np.float32).reshape(w.heads, w.window, w.window))
+            for w in r.attention
+        ]
+        items.append(Classification(
+            _labels(r.labels), weights, tuple(r.channel_weights.stage_sizes), maps, theta,
+            r.transform.rectified_png if r.HasField("transform") else None, windows,
+        ))
     return ClassifyResult(reply.model, reply.version, items)
 
 

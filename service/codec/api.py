@@ -16,6 +16,7 @@ import numpy as np
 
 from service.codec.images import ImageLimits, Preprocess
 from service.codec.tokens import ByteTokenizer, SequenceLimits, check_ids
+from service.codec.vision import VisionExtras, add_extras, plan_extras
 from service.errors import InvalidInput, ModelLoadError
 from service.model_config import ModelSpec
 from service.proto.attnserve.v1 import attnserve_pb2 as pb
@@ -96,6 +97,7 @@ class ClassifyPlan:
     preprocess: Preprocess
     top_k: int
     channel_weights: bool
+    extras: VisionExtras = VisionExtras()
 
 
 def plan_classify(request: pb.ClassifyRequest, spec: ModelSpec, assets: ModelAssets, limits: ApiLimits) -> ClassifyPlan:
@@ -116,8 +118,9 @@ def plan_classify(request: pb.ClassifyRequest, spec: ModelSpec, assets: ModelAss
         raise InvalidInput(f"model {spec.name!r} has no 'probabilities' or 'logits' output to classify with")
     if request.channel_weights and spec.output("channel_weights") is None:
         raise InvalidInput(f"model {spec.name!r} has no channel_weights output")
+    extras = plan_extras(request, spec, pre)
     check_count(len(request.images), limits, "images")
-    return ClassifyPlan(image.name, pre, effective_top_k(request.top_k, scores[0]), request.channel_weights)
+    return ClassifyPlan(image.name, pre, effective_top_k(request.top_k, scores[0]), request.channel_weights, extras)
 
 
 def classify_response(
@@ -134,6 +137,7 @@ def classify_response(
             result.channel_weights.weights.extend(weights.tolist())
             if sum(stages) == weights.size:
                 result.channel_weights.stage_sizes.extend(stages)
+        add_extras(result, outputs, row, plan.extras, plan.preprocess)
     return response
 
 

@@ -48,6 +48,24 @@ def resolve_provider(setting: str, available: Sequence[str] | None = None) -> Re
     raise ModelLoadError(f"unknown provider {setting!r}: one of auto, cpu, cuda")
 
 
+def model_provider(server: Resolved, instance_kind: str, model: str) -> Resolved:
+    """The device one model runs on: the server's provider, narrowed by its instance_group kind.
+
+    As in Triton, KIND_CPU keeps a model on CPU even on a CUDA server. KIND_GPU on a server
+    without CUDA serves on CPU with a warning (Triton would refuse the model; a CPU replica of
+    the GPU image's repository should still serve). KIND_AUTO follows the server.
+    """
+    if instance_kind == "KIND_CPU" and server == "cuda":
+        log.info("model %r: instance_group kind KIND_CPU, served on CPU on this CUDA server", model)
+        return "cpu"
+    if instance_kind == "KIND_GPU" and server == "cpu":
+        log.warning(
+            "model %r: instance_group kind KIND_GPU, but this server runs on CPU "
+            "(--provider cpu, or no CUDA provider); serving it on CPU", model
+        )
+    return server
+
+
 def cuda_provider_options(device_id: int) -> dict[str, str]:
     """CUDA EP options for a server whose batch size changes from one execution to the next.
 

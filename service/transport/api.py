@@ -110,6 +110,10 @@ class AttnServeServicer(pb_grpc.AttnServeServicer):
             plan = api.plan_classify(request, model.spec, assets, self._limits)
             images = await asyncio.to_thread(decode_images, list(request.images), plan.preprocess, self._limits.images)
             outputs = await self._infer_rows(model, {plan.input: images}, deadline)
+            if plan.extras.transform or plan.extras.windows:  # PNGs and big maps: off the loop
+                return await asyncio.to_thread(
+                    api.classify_response, request, model.name, model.version, outputs, plan, assets
+                )
             return api.classify_response(request, model.name, model.version, outputs, plan, assets)
 
     async def generate(self, request: pb.GenerateRequest, deadline: float | None, protocol: str = "grpc") -> pb.GenerateResponse:

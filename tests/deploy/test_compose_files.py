@@ -9,6 +9,7 @@ import os
 import pytest
 import yaml
 
+from tests.deploy.conftest import compose_config
 from tests.deploy.helpers import (
     DASHBOARD_PROVIDERS,
     DEPLOY,
@@ -35,6 +36,23 @@ def test_compose_cpu_variant_builds_the_cpu_image_without_a_gpu(compose_cpu):
     assert "gpu" not in json.dumps(svc.get("deploy", {}))
     assert svc["environment"]["ATTNSERVE_PROVIDER"] == "cpu"
     assert set(compose_cpu["services"]) == {"attnserve", "prometheus", "grafana"}
+
+
+def test_compose_no_registry_override_uses_only_local_images():
+    """deploy/podman/compose.local.yml (hosts with no registry; tests/containers brings it up for
+    real): every started service runs an image built here and never pulled; Grafana (no Debian
+    package) is behind a profile."""
+    config = compose_config("docker-compose.yml", "docker-compose.cpu.yml", "deploy/podman/compose.local.yml")
+    services = config["services"]
+    assert set(services) == {"attnserve", "prometheus"}
+    for name, svc in services.items():
+        assert svc["image"].startswith("localhost/"), name
+        assert svc["pull_policy"] == "never", name
+    assert services["attnserve"]["build"]["target"] == "runtime-cpu"
+    assert services["prometheus"]["build"]["dockerfile"] == "Dockerfile"
+    assert (DEPLOY / "prometheus" / "Dockerfile").exists()
+    # The same hardening as the upstream stack.
+    assert services["attnserve"]["read_only"] is True and services["attnserve"]["cap_drop"] == ["ALL"]
 
 
 @pytest.mark.parametrize("variant", ["compose_gpu", "compose_cpu"])

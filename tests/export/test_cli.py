@@ -201,6 +201,8 @@ def test_checkpoint_and_override_reach_the_exported_model(
         f"{SE}={checkpoint}",
         "--config",
         f"{SE}={config_file}",
+        "--instance-kind",
+        "gpu",
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -214,6 +216,8 @@ def test_checkpoint_and_override_reach_the_exported_model(
     assert (repo / SE / "labels.txt").read_text().split() == list("abcdefghij")
     assert "channel_weights" not in (repo / SE / "config.pbtxt").read_text()
     assert "max_batch_size: 4" in (repo / SE / "config.pbtxt").read_text()
+    # The GPU image's repository (deploy/docker/Dockerfile, export-gpu) says KIND_GPU.
+    assert "kind: KIND_GPU" in (repo / SE / "config.pbtxt").read_text()
 
 
 def test_module_entry_point_and_no_torch_for_usage_errors(tmp_path: Path) -> None:

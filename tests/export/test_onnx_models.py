@@ -73,7 +73,7 @@ def test_graph_has_named_tensors_and_symbolic_dims(name: str, onnx_paths: dict[s
     assert "BatchNormalization" not in {n.op_type for n in model.graph.node}
 
 
-@pytest.mark.parametrize("name", ["sagan_generator", "se_cnn_classifier"])
+@pytest.mark.parametrize("name", ["sagan_generator", "se_cnn_classifier", "cbam_classifier"])
 def test_fixed_shape_models_run_at_two_batch_sizes(name: str, onnx_paths: dict[str, Path]) -> None:
     spec = SPECS[name]
     config = spec.variants["default"]

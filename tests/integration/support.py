@@ -19,11 +19,15 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from export.defaults import LANGID_FAMILY
 from service.model_config import ModelSpec, read_config, to_spec
 from service.proto.inference import model_config_pb2 as mc
 
 SAGAN, SECNN, ENCODER = "sagan_generator", "se_cnn_classifier", "transformer_encoder"
-MODELS = (SAGAN, SECNN, ENCODER)
+CBAM = "cbam_classifier"
+VISION = (CBAM,)  # the vision-attention classifiers (issue 14)
+LANGID = LANGID_FAMILY  # the attention family (issue 15): langid_dot, _additive, _mha, _pair
+MODELS = (SAGAN, SECNN, ENCODER, *VISION, *LANGID)
 RTOL, ATOL = 1e-4, 1e-5
 # Byte-level tokens (export/models/transformer_encoder.py): 0 pad, 1 BOS, 2 EOS, byte b is 4 + b.
 PAD, BOS, EOS, BYTE_OFFSET = 0, 1, 2, 4

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.integration.support import ENCODER, SAGAN, SECNN, model_stats, sample_inputs, spec_of
+from tests.integration.support import ENCODER, LANGID, SAGAN, SECNN, VISION, model_stats, sample_inputs, spec_of
 
 RUN_TIMEOUT_S = 180
 
@@ -95,8 +95,8 @@ def _throughputs(output: str) -> dict[int, float]:
 @pytest.mark.parametrize(
     ("model", "mode"),
     [
-        (SECNN, "sync"), (SAGAN, "async"), (ENCODER, "streaming"),
-        ("langid_dot", "sync"), ("langid_additive", "async"), ("langid_mha", "streaming"),
+        (SECNN, "sync"), (SAGAN, "async"), (ENCODER, "streaming"), *((m, "sync") for m in VISION),
+        *zip(LANGID, ("sync", "async", "streaming", "async")),
     ],
 )
 def test_perf_analyzer_runs_clean(perf_analyzer, server, client, model_repository, tmp_path, model, mode) -> None:
@@ -104,7 +104,7 @@ def test_perf_analyzer_runs_clean(perf_analyzer, server, client, model_repositor
     flags = ["--concurrency-range", "4", "--request-count", "200"]
     if mode != "sync":
         flags.append(f"--{mode}")
-    if model == SECNN:
+    if model in (SECNN, *VISION):
         flags += ["-b", "2"]  # two rows per request: random images are valid inputs
     else:
         # Random int64 data would be out-of-range labels and token ids: give valid ones.
@@ -114,7 +114,7 @@ def test_perf_analyzer_runs_clean(perf_analyzer, server, client, model_repositor
         for tensor in spec_of(model_repository, model).inputs:
             if -1 in tensor.dims:
                 flags += ["--shape", f"{tensor.name}:16"]
-    rows_per_request = 2 if model == SECNN else 1
+    rows_per_request = 2 if model in (SECNN, *VISION) else 1
 
     before = model_stats(client, model)
     output = _run(perf_analyzer, server, model, *flags)

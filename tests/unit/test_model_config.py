@@ -180,3 +180,17 @@ def test_max_padding_ratio_must_be_a_number_at_least_zero(tmp_path, value):
     text = ENCODER + f'parameters {{ key: "attnserve.max_padding_ratio" value {{ string_value: "{value}" }} }}\n'
     with pytest.raises(ModelLoadError, match="max_padding_ratio must be a number >= 0"):
         to_spec(read_config(write(tmp_path, text)))
+
+
+@pytest.mark.parametrize(
+    "groups, expected",
+    [
+        ("instance_group [ { count: 2 kind: KIND_CPU } ]", "KIND_CPU"),
+        ("instance_group [ { count: 1 kind: KIND_GPU } ]", "KIND_GPU"),
+        ("instance_group [ { kind: KIND_GPU }, { kind: KIND_CPU } ]", "KIND_AUTO"),
+        ("", "KIND_AUTO"),
+    ],
+)
+def test_instance_group_kind_reaches_the_spec(tmp_path, groups, expected):
+    text = ENCODER.replace("instance_group [ { count: 2 kind: KIND_CPU } ]", groups)
+    assert to_spec(read_config(write(tmp_path, text))).instance_kind == expected

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from service.errors import InternalError, ModelLoadError, ModelNotReady
 from service.runtime import OrtRunner, default_intra_op_threads, resolve_provider
-from service.runtime.providers import cuda_provider_options, execution_providers
+from service.runtime.providers import cuda_provider_options, execution_providers, model_provider
 from service.runtime.session import session_options
 
 # Guards against a hang if concurrency is broken; the tests never wait this long when it works.
@@ -321,6 +321,24 @@ def test_resolve_provider_uses_cuda_when_offered() -> None:
     assert resolve_provider("cpu", offered) == "cpu"
     with pytest.raises(ModelLoadError):
         resolve_provider("tpu", offered)
+
+
+@pytest.mark.parametrize(
+    "server, kind, expected",
+    [
+        ("cuda", "KIND_GPU", "cuda"),
+        ("cuda", "KIND_AUTO", "cuda"),
+        ("cuda", "KIND_CPU", "cpu"),  # Triton's rule: KIND_CPU stays on CPU on a GPU server
+        ("cpu", "KIND_CPU", "cpu"),
+        ("cpu", "KIND_AUTO", "cpu"),
+        ("cpu", "KIND_GPU", "cpu"),  # the GPU image's repository still serves on a CPU replica
+    ],
+)
+def test_instance_kind_narrows_the_server_provider(server, kind, expected, caplog) -> None:
+    with caplog.at_level("INFO", logger="service.runtime.providers"):
+        assert model_provider(server, kind, "m") == expected
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert bool(warned) == (server == "cpu" and kind == "KIND_GPU")
 
 
 def test_cuda_provider_list_keeps_cpu_for_unsupported_nodes() -> None:

@@ -128,6 +128,23 @@ def test_attention_encode_renders_heads_by_tokens(server: ServerProcess, tmp_pat
         assert heads.format == "PNG" and heads.width > 11 * 20 and heads.height > 4 * 20
 
 
+def test_attention_classify_draws_cbam_spatial_maps(server: ServerProcess, pictures: list[Path], tmp_path: Path) -> None:
+    done = attnserve(server, "attention", "classify", str(pictures[0]), "--model", "cbam_classifier",
+                     "--scale", "4", "-o", "maps.png", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [np.asarray(m).shape for m in report["spatial_attention"]] == [(28, 28), (14, 14), (7, 7)]
+    assert len(report["labels"]) == 3
+    with Image.open(tmp_path / "maps.png") as sheet:
+        assert sheet.size == (4 * 112 + 5 * 2, 112 + 2 * 2)  # the input and one overlay per stage
+        assert len(np.unique(np.asarray(sheet).reshape(-1, 3), axis=0)) > 100
+
+
+def test_attention_classify_needs_a_model_with_maps(server: ServerProcess, pictures: list[Path], tmp_path: Path) -> None:
+    done = attnserve(server, "attention", "classify", str(pictures[0]), "--model", "se_cnn_classifier", cwd=tmp_path)
+    assert done.returncode == 2 and "no spatial_attention, theta or window_attention" in done.stderr
+
+
 def test_a_server_error_is_reported_with_its_status(server: ServerProcess, tmp_path: Path) -> None:
     done = attnserve(server, "generate", "--class", "no-such-class", cwd=tmp_path)
     assert done.returncode == 1
@@ -137,4 +154,5 @@ def test_a_server_error_is_reported_with_its_status(server: ServerProcess, tmp_p
 def test_health_and_models_still_work(server: ServerProcess, tmp_path: Path) -> None:
     assert attnserve(server, "health", cwd=tmp_path).returncode == 0
     models = attnserve(server, "models", "--json", cwd=tmp_path)
-    assert {m["name"] for m in json.loads(models.stdout)} >= {"sagan_generator", "se_cnn_classifier", "transformer_encoder"}
+    assert {m["name"] for m in json.loads(models.stdout)} >= {"sagan_generator", "se_cnn_classifier", "transformer_encoder",
+                                                            "cbam_classifier"}

@@ -25,20 +25,26 @@ class StreamError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("model", "version", "images", "top_k", "channel_weights", "id")
+    __slots__ = ("model", "version", "images", "top_k", "channel_weights", "id", "spatial_attention", "transform", "attention")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    SPATIAL_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORM_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
     top_k: int
     channel_weights: bool
     id: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., top_k: _Optional[int] = ..., channel_weights: _Optional[bool] = ..., id: _Optional[str] = ...) -> None: ...
+    spatial_attention: bool
+    transform: bool
+    attention: AttentionRequest
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., top_k: _Optional[int] = ..., channel_weights: _Optional[bool] = ..., id: _Optional[str] = ..., spatial_attention: _Optional[bool] = ..., transform: _Optional[bool] = ..., attention: _Optional[_Union[AttentionRequest, _Mapping]] = ...) -> None: ...
 
 class ChannelWeights(_message.Message):
     __slots__ = ("weights", "stage_sizes")
@@ -48,13 +54,55 @@ class ChannelWeights(_message.Message):
     stage_sizes: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, weights: _Optional[_Iterable[float]] = ..., stage_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class SpatialMap(_message.Message):
+    __slots__ = ("height", "width", "weights")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Transform(_message.Message):
+    __slots__ = ("theta", "rectified_png")
+    THETA_FIELD_NUMBER: _ClassVar[int]
+    RECTIFIED_PNG_FIELD_NUMBER: _ClassVar[int]
+    theta: _containers.RepeatedScalarFieldContainer[float]
+    rectified_png: bytes
+    def __init__(self, theta: _Optional[_Iterable[float]] = ..., rectified_png: _Optional[bytes] = ...) -> None: ...
+
+class WindowAttention(_message.Message):
+    __slots__ = ("pixel", "cell", "grid_height", "grid_width", "heads", "window", "weights")
+    PIXEL_FIELD_NUMBER: _ClassVar[int]
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    GRID_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    GRID_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    pixel: Point
+    cell: Point
+    grid_height: int
+    grid_width: int
+    heads: int
+    window: int
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, pixel: _Optional[_Union[Point, _Mapping]] = ..., cell: _Optional[_Union[Point, _Mapping]] = ..., grid_height: _Optional[int] = ..., grid_width: _Optional[int] = ..., heads: _Optional[int] = ..., window: _Optional[int] = ..., weights: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class Classification(_message.Message):
-    __slots__ = ("labels", "channel_weights")
+    __slots__ = ("labels", "channel_weights", "spatial_attention", "transform", "attention")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    SPATIAL_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORM_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[Label]
     channel_weights: ChannelWeights
-    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., channel_weights: _Optional[_Union[ChannelWeights, _Mapping]] = ...) -> None: ...
+    spatial_attention: _containers.RepeatedCompositeFieldContainer[SpatialMap]
+    transform: Transform
+    attention: _containers.RepeatedCompositeFieldContainer[WindowAttention]
+    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., channel_weights: _Optional[_Union[ChannelWeights, _Mapping]] = ..., spatial_attention: _Optional[_Iterable[_Union[SpatialMap, _Mapping]]] = ..., transform: _Optional[_Union[Transform, _Mapping]] = ..., attention: _Optional[_Iterable[_Union[WindowAttention, _Mapping]]] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
     __slots__ = ("model", "version", "id", "results")

@@ -1,0 +1,82 @@
+"""The vision-attention classifiers on their own (PyTorch): CBAM's channel-then-spatial order,
+its served tensors, and the exported graph's extra outputs under ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.models.cbam_classifier import CbamClassifier, CbamConfig, CbamStage
+from export.onnx_export import open_session
+from export.specs import SPECS
+from export.pipeline import load_weights
+from export.weights import seeded_model, shipped_weights
+
+
+def test_cbam_outputs_are_probabilities_gates_and_one_map_per_stage() -> None:
+    config = CbamConfig()
+    model = seeded_model(SPECS["cbam_classifier"], config)
+    with torch.no_grad():
+        logits, probabilities, channels, *maps = model(torch.randn(3, 1, 28, 28))
+    assert logits.shape == probabilities.shape == (3, 10)
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(3))
+    assert channels.shape == (3, 32 + 64 + 128)
+    assert [tuple(m.shape) for m in maps] == [(3, 28, 28), (3, 14, 14), (3, 7, 7)]
+    for gate in (channels, *maps):
+        assert ((gate > 0) & (gate < 1)).all()  # sigmoid gates
+    assert model.output_names == [t.name for t in SPECS["cbam_classifier"].outputs(config)]
+
+
+def test_cbam_stage_applies_channel_then_spatial_attention() -> None:
+    """The stage's output is the conv output times M_c, then times M_s computed from the
+    channel-refined map (the paper's sequential order), not from the raw conv output."""
+    torch.manual_seed(0)
+    stage = CbamStage(4, 16, CbamConfig()).eval()
+    x = torch.randn(2, 4, 9, 9)
+    with torch.no_grad():
+        out, channel, spatial = stage(x)
+        features = stage.convs(x)
+        refined = features * channel[:, :, None, None]
+        expected_map = stage.spatial(refined)[:, 0]
+        torch.testing.assert_close(spatial, expected_map)
+        torch.testing.assert_close(out, refined * spatial[:, None])
+        assert not torch.allclose(stage.spatial(features)[:, 0], spatial)  # order matters here
+
+
+def test_cbam_spatial_map_follows_the_strongest_position() -> None:
+    """With the 7x7 conv set to average the two pooled planes, the map peaks where the
+    features do: the spatial branch looks at where, not what."""
+    stage = CbamStage(1, 8, CbamConfig()).eval()
+    with torch.no_grad():
+        stage.spatial.conv.weight.zero_()
+        stage.spatial.conv.weight[0, :, 3, 3] = 1.0  # centre tap of both planes
+        stage.spatial.conv.bias.zero_()
+        features = torch.zeros(1, 8, 7, 7)
+        features[0, :, 2, 5] = 3.0
+        stage.convs = torch.nn.Identity()
+        _, _, spatial = stage(features)
+    assert np.unravel_index(int(spatial[0].argmax()), (7, 7)) == (2, 5)
+
+
+def test_cbam_config_rejects_an_even_spatial_kernel() -> None:
+    with pytest.raises(ValueError, match="odd"):
+        CbamConfig(spatial_kernel=6)
+    assert CbamConfig(image_size=27).map_sides == (27, 14, 7)
+
+
+def test_cbam_exported_maps_match_pytorch(onnx_paths: dict[str, Path]) -> None:
+    spec = SPECS["cbam_classifier"]
+    config = spec.variants["default"]
+    model = load_weights(spec, config, shipped_weights(spec.name))  # what the default export ships
+    assert isinstance(model, CbamClassifier)
+    images = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    names = [t.name for t in spec.outputs(config)]
+    got = open_session(onnx_paths["cbam_classifier"]).run(names, {"image": images.numpy()})
+    with torch.no_grad():
+        want = [t.numpy() for t in model(images)]
+    assert [g.shape for g in got] == [w.shape for w in want]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)

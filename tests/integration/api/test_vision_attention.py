@@ -1,0 +1,99 @@
+"""The vision-attention classifiers served: Classify's extras (CBAM spatial maps) equal the
+v2 surface's tensors read through tritonclient, and bad input to each is INVALID_ARGUMENT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from service.client import Client
+from service.proto.attnserve.v1 import attnserve_pb2 as pb
+from service.proto.attnserve.v1 import attnserve_pb2_grpc as api_grpc
+from tests.integration.api.helpers import digits, expect_status, normalised, png
+from tests.integration.support import CBAM, SECNN, VISION, infer_inputs, message_of, spec_of, status_of
+
+ATOL = 1e-5
+
+
+def _preprocess(repository: Path, model: str) -> dict:
+    return json.loads(spec_of(repository, model).parameters["attnserve.preprocess"])
+
+
+def _pictures(repository: Path, model: str, count: int, seed: int) -> list[np.ndarray]:
+    pre = _preprocess(repository, model)
+    return digits(count, seed=seed, size=(pre["height"], pre["width"]))
+
+
+def _v2(client: grpcclient.InferenceServerClient, model: str, tensors: np.ndarray) -> grpcclient.InferResult:
+    return client.infer(model, infer_inputs({"image": tensors}))
+
+
+def test_cbam_spatial_maps_and_channel_weights_equal_the_v2_tensors(
+    api: Client, client: grpcclient.InferenceServerClient, model_repository: Path
+) -> None:
+    pictures = _pictures(model_repository, CBAM, 3, seed=21)
+    pre = _preprocess(model_repository, CBAM)
+    result = api.classify([png(p) for p in pictures], model=CBAM, top_k=10, channel_weights=True,
+                          spatial_attention=True)
+    v2 = _v2(client, CBAM, np.concatenate([normalised(p, pre) for p in pictures]))
+    assert result.model == CBAM
+    for row, item in enumerate(result.items):
+        assert [m.shape for m in item.spatial_attention] == [(28, 28), (14, 14), (7, 7)]
+        for stage, plane in enumerate(item.spatial_attention):
+            np.testing.assert_allclose(plane, v2.as_numpy(f"spatial_attention_{stage}")[row], atol=ATOL)
+            assert ((plane >= 0) & (plane <= 1)).all()  # sigmoid gates (1.0 once saturated)
+        np.testing.assert_allclose(item.channel_weights, v2.as_numpy("channel_weights")[row], atol=ATOL)
+        assert item.stage_sizes == (32, 64, 128)
+        got = np.zeros(10, np.float32)
+        for label in item.labels:
+            got[label.index] = label.probability
+        np.testing.assert_allclose(got, v2.as_numpy("probabilities")[row], atol=ATOL)
+
+
+def test_extras_are_only_sent_when_asked_for(api: Client, model_repository: Path) -> None:
+    item = api.classify([png(_pictures(model_repository, CBAM, 1, seed=22)[0])], model=CBAM).items[0]
+    assert item.spatial_attention == [] and item.theta is None and item.attention == []
+
+
+@pytest.mark.parametrize(
+    ("field", "words"),
+    [("spatial_attention", "spatial attention"), ("transform", "theta"), ("attention", "window_attention")],
+)
+def test_an_extra_the_model_lacks_is_invalid_argument(stub: api_grpc.AttnServeStub, field: str, words: str) -> None:
+    request = pb.ClassifyRequest(model=SECNN, images=[png(digits(1)[0])])
+    if field == "attention":
+        request.attention.all_queries = True
+    else:
+        setattr(request, field, True)
+    expect_status(lambda: stub.Classify(request), "INVALID_ARGUMENT", words)
+
+
+@pytest.mark.parametrize("model", VISION)
+def test_corrupt_image_is_invalid_argument_and_the_server_serves_on(
+    stub: api_grpc.AttnServeStub, api: Client, model_repository: Path, model: str
+) -> None:
+    good = png(_pictures(model_repository, model, 1, seed=23)[0])
+    for bad, words in ((b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "images[1]"), (good[: len(good) // 2], "images[1]")):
+        request = pb.ClassifyRequest(model=model, images=[good, bad])
+        expect_status(lambda: stub.Classify(request), "INVALID_ARGUMENT", words)
+    assert api.classify([good], model=model).items[0].labels
+
+
+@pytest.mark.parametrize("model", VISION)
+@pytest.mark.parametrize("change", ["side", "channels"])
+def test_wrong_tensor_shape_over_v2_is_invalid_argument(
+    client: grpcclient.InferenceServerClient, model_repository: Path, model: str, change: str
+) -> None:
+    channels, height, width = spec_of(model_repository, model).inputs[0].dims
+    shape = (1, channels, height - 1, width) if change == "side" else (1, channels + 2, height, width)
+    with pytest.raises(InferenceServerException) as caught:
+        _v2(client, model, np.zeros(shape, np.float32))
+    assert status_of(caught.value) == "INVALID_ARGUMENT", message_of(caught.value)
+    assert "image" in message_of(caught.value)
+    good = np.zeros((1, channels, height, width), np.float32)
+    assert _v2(client, model, good).as_numpy("probabilities").shape == (1, 10)
