@@ -7,6 +7,7 @@ MODEL_NAMES = (
     "se_cnn_classifier",
     "transformer_encoder",
     "cbam_classifier",
+    "stn_classifier",
 )
 
 # config.pbtxt max_batch_size unless --max-batch-size overrides it.
@@ -15,6 +16,7 @@ DEFAULT_MAX_BATCH_SIZE = {
     "se_cnn_classifier": 64,
     "transformer_encoder": 32,
     "cbam_classifier": 64,
+    "stn_classifier": 64,
 }
 
 # torch.manual_seed per model: seeded random weights until trained checkpoints exist.
@@ -24,4 +26,5 @@ SEEDS = {
     "transformer_encoder": 1706,
     "cbam_classifier": 1807,  # arXiv 1807.06521
     "stn_classifier": 1506,  # arXiv 1506.02025
+    "sasa_classifier": 1906,  # arXiv 1906.05909
 }

@@ -33,7 +33,9 @@ from google.protobuf import text_format
 from service.proto.inference import model_config_pb2 as mc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = ("sagan_generator", "se_cnn_classifier", "transformer_encoder", "cbam_classifier")
+DEFAULT_MODELS = (
+    "sagan_generator", "se_cnn_classifier", "transformer_encoder", "cbam_classifier", "stn_classifier",
+)
 REPOSITORY_ENV = "ATTNSERVE_TEST_REPOSITORY"
 # service/app.py logs exactly one of these once every model has loaded (or failed to).
 READY_LINE = re.compile(r"attnserve ready: grpc=(?P<grpc>\S+) metrics=(?P<metrics>\S+)(?: http=(?P<http>\S+))?")
