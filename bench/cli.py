@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="scenario to run (repeatable; see `python -m bench list`)")
     pick.add_argument("--all", action="store_true", help="every scenario")
     pick.add_argument("--soak", type=float, metavar="SECONDS",
-                      help="also run the memory soak: three default models under load, VmRSS sampled")
+                      help="also run the memory soak: every default model under load, VmRSS sampled")
     pick.add_argument("--drivers", help="only these drivers (comma-separated: loadgen,api,perf_analyzer,floor,peer)")
     pick.add_argument("--no-peer", action="store_true", help="skip MLServer")
     how = run.add_argument_group("how long")

@@ -1,6 +1,6 @@
 """Model repositories for the scenarios, built on demand under the cache folder.
 
-- ``repo-default``: the three default models (``python -m export``);
+- ``repo-default``: every default model (``python -m export``);
 - ``repo-benchmark``: the benchmark configs (``python -m export --variant benchmark
   --max-batch-size N``), exported one model at a time, only those a scenario needs;
 - ``scenario-<name>``: what one scenario serves: config.pbtxt copied (and edited through the

@@ -23,7 +23,8 @@ from typing import Any
 from bench.repos import Edit, instances, no_dynamic_batching
 
 SECNN, ENCODER, SAGAN = "se_cnn_classifier", "transformer_encoder", "sagan_generator"
-DEFAULT_MODELS = (SAGAN, SECNN, ENCODER)
+CBAM, STN, SASA = "cbam_classifier", "stn_classifier", "sasa_classifier"  # issue 14
+DEFAULT_MODELS = (SAGAN, SECNN, ENCODER, CBAM, STN, SASA)  # what `python -m export` writes
 SWEEP = (1, 2, 4, 8, 16, 32, 64)
 DRIVER_LABELS = {
     "loadgen": "attnserve, bench/loadgen.py (v2 ModelInfer)",
@@ -171,7 +172,7 @@ CEILING_85 = CeilingFraction("ceiling_c32", "throughput at c=32 (dynamic batchin
 ADDED_1MS = AddedLatency("added_latency_c1", "added latency at c=1: p50(service) - p50(in-process, batch 1)", "<= 1 ms")
 SECNN_2000 = MinThroughput("throughput_c64", "single-image requests at c=64", ">= 2,000 req/s")
 PEER_5X = PeerRatio("peer_c32", "throughput vs MLServer at c=32, with lower p99", ">= 5x, p99 lower")
-RSS_500 = MaxRss("rss_3_models", "server RSS with the three default models", "<= 500 MB (476.8 MiB)")
+RSS_500 = MaxRss("rss_all_models", "server RSS with every default model loaded", "<= 500 MB (476.8 MiB)")
 SOAK_FLAT = RssGrowth("rss_flat", "server RSS growth over the soak (after warm-up)", "<= 5%")
 
 
@@ -210,13 +211,19 @@ NOBATCH = dict(edit=no_dynamic_batching, edit_label="dynamic_batching removed")
 TWO = dict(edit=instances(2), edit_label="instance_group count 2")
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    _default("se_cnn_default", SECNN, "SE-CNN default (1x28x28), three default models loaded",
+    _default("se_cnn_default", SECNN, "SE-CNN default (1x28x28), every default model loaded",
              drivers=("loadgen", "perf_analyzer", "api", "floor", "peer"), targets=(ADDED_1MS, SECNN_2000, PEER_5X, RSS_500)),
     _default("se_cnn_default_nobatch", SECNN, "SE-CNN default, dynamic batching off", targets=(ADDED_1MS,), **NOBATCH),
     _default("se_cnn_default_2inst", SECNN, "SE-CNN default, two instances", targets=(ADDED_1MS,), **TWO),
     _default("encoder_default", ENCODER, "Transformer encoder default, ragged token sequences",
              drivers=("loadgen", "perf_analyzer", "api", "floor"), targets=(ADDED_1MS, RSS_500)),
     _default("sagan_default", SAGAN, "SAGAN generator default (32x32)",
+             drivers=("loadgen", "perf_analyzer", "api", "floor"), targets=(ADDED_1MS, RSS_500)),
+    _default("cbam_default", CBAM, "CBAM classifier default (1x28x28, spatial maps as outputs)",
+             drivers=("loadgen", "perf_analyzer", "api", "floor"), targets=(ADDED_1MS, RSS_500)),
+    _default("stn_default", STN, "spatial transformer classifier default (1x40x40, theta and crop as outputs)",
+             drivers=("loadgen", "perf_analyzer", "api", "floor"), targets=(ADDED_1MS, RSS_500)),
+    _default("sasa_default", SASA, "stand-alone self-attention classifier default (1x28x28, window weights out)",
              drivers=("loadgen", "perf_analyzer", "api", "floor"), targets=(ADDED_1MS, RSS_500)),
     _bench("se_cnn_benchmark", SECNN, "SE-CNN benchmark config (3x128x128)",
            drivers=("loadgen", "perf_analyzer", "floor", "peer"), targets=(CEILING_85, ADDED_1MS, PEER_5X)),

@@ -1,4 +1,4 @@
-"""The soak: the three default models under mixed v2 load for a long while, the server's RSS
+"""The soak: every default model under mixed v2 load for a long while, the server's RSS
 sampled all along, and its growth from the start of the window to the end.
 """
 
@@ -18,11 +18,11 @@ from bench.workload import Workload
 
 
 def run_soak(seconds: float, opts: Options) -> dict:
-    """The three default models under mixed load for ``seconds``; VmRSS sampled twice a second."""
+    """Every default model under mixed load for ``seconds``; VmRSS sampled twice a second."""
     work = fresh_workdir(opts, "soak")
     warmup = min(60.0, max(1.0, seconds * 0.1))
     results: dict = {
-        "scenario": {"name": "soak", "description": f"three default models, mixed v2 load at c={opts.soak_concurrency}",
+        "scenario": {"name": "soak", "description": f"every default model, mixed v2 load at c={opts.soak_concurrency}",
                      "base": "default", "model": "all", "serve_models": list(DEFAULT_MODELS), "config": "as exported",
                      "concurrency": [opts.soak_concurrency], "drivers": ["loadgen"]},
         "started_at": now(), "note": opts.note, "machine": machine.describe(opts.provider),

@@ -11,6 +11,7 @@ MODEL_NAMES = (
     "se_cnn_classifier",
     "transformer_encoder",
     "cbam_classifier",
+    "stn_classifier",
     *LANGID_FAMILY,
 )
 
@@ -20,6 +21,7 @@ DEFAULT_MAX_BATCH_SIZE = {
     "se_cnn_classifier": 64,
     "transformer_encoder": 32,
     "cbam_classifier": 64,
+    "stn_classifier": 64,
     **{name: 32 for name in LANGID_FAMILY},
 }
 
@@ -30,6 +32,7 @@ SEEDS = {
     "transformer_encoder": 1706,
     "cbam_classifier": 1807,  # arXiv 1807.06521
     "stn_classifier": 1506,  # arXiv 1506.02025
+    "sasa_classifier": 1906,  # arXiv 1906.05909
     "langid_dot": 1508,  # Luong et al. 2015 (arXiv:1508.04025)
     "langid_additive": 1409,  # Bahdanau et al. 2014 (arXiv:1409.0473)
     "langid_mha": 1707,

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.export import Dim
 
@@ -21,6 +22,7 @@ from export.defaults import DEFAULT_MAX_BATCH_SIZE, MODEL_NAMES, SEEDS
 from export.models import cbam_classifier as cbam
 from export.models import langid_attention as family
 from export.models import sagan_generator as sagan
+from export.models import sasa_classifier as sasa
 from export.models import se_cnn_classifier as secnn
 from export.models import stn_classifier as stn
 from export.models import transformer_encoder as encoder
@@ -372,12 +374,63 @@ class StnSpec(ModelSpec):
         generator: torch.Generator,
         sequence: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        return _image_sample(config, batch, generator)
+        """Smooth random images fading to black at the border, like a digit on its canvas.
+
+        Bilinear sampling turns float rounding in the grid coordinates (~1e-6 px) into output
+        errors in proportion to the image's gradient, and the crop's edge meets the zero
+        padding: white noise, or a bright border, would exceed the parity tolerance where no
+        real input does. So: noise at a quarter of the side, bilinear up, times a window that
+        is 1 in the middle and 0 at the edges, around the normalised black level.
+        """
+        side, coarse = config.image_size, max(2, config.image_size // 4)
+        noise = torch.randn(batch, config.in_channels, coarse, coarse, generator=generator)
+        smooth = F.interpolate(noise, size=(side, side), mode="bilinear", align_corners=False)
+        ramp = torch.sin(torch.linspace(0.0, torch.pi, side)).clamp(min=0.0)
+        window = (ramp[:, None] * ramp[None, :]) ** 0.5
+        mean = torch.tensor(config.normalize_mean).reshape(1, -1, 1, 1)
+        std = torch.tensor(config.normalize_std).reshape(1, -1, 1, 1)
+        black = -mean / std
+        return {"image": black + (smooth.abs() * 1.5) * window}
 
     def side_files(self, config: stn.StnConfig) -> dict[str, str]:
         return {LABELS_FILE: _labels_text(config.labels, config.num_classes)}
 
     def parameters(self, config: stn.StnConfig) -> dict[str, str]:
+        return _image_parameters(config)
+
+
+class SasaSpec(ModelSpec):
+    name = "sasa_classifier"
+    config_type = sasa.SasaConfig
+    variants = {"default": sasa.SasaConfig(), "benchmark": sasa.SasaConfig()}
+
+    def build(self, config: sasa.SasaConfig) -> nn.Module:
+        return sasa.SasaClassifier(config)
+
+    def inputs(self, config: sasa.SasaConfig) -> tuple[TensorConfig, ...]:
+        return (_image_input(config),)
+
+    def outputs(self, config: sasa.SasaConfig) -> tuple[TensorConfig, ...]:
+        k, side, w = config.num_classes, config.stage_sides[0], config.window
+        return (
+            TensorConfig("logits", "TYPE_FP32", (k,)),
+            TensorConfig("probabilities", "TYPE_FP32", (k,)),
+            TensorConfig("window_attention", "TYPE_FP32", (config.stage_heads[0], side, side, w, w)),
+        )
+
+    def sample(
+        self,
+        config: sasa.SasaConfig,
+        batch: int,
+        generator: torch.Generator,
+        sequence: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return _image_sample(config, batch, generator)
+
+    def side_files(self, config: sasa.SasaConfig) -> dict[str, str]:
+        return {LABELS_FILE: _labels_text(config.labels, config.num_classes)}
+
+    def parameters(self, config: sasa.SasaConfig) -> dict[str, str]:
         return _image_parameters(config)
 
 
@@ -538,6 +591,7 @@ SPECS: dict[str, ModelSpec] = {  # keyed and ordered as export.defaults.MODEL_NA
         SeCnnSpec(),
         EncoderSpec(),
         CbamSpec(),
+        StnSpec(),
         LangIdAttentionSpec("langid_dot", family.LANGID_DOT),
         LangIdAttentionSpec("langid_additive", family.LANGID_ADDITIVE),
         LangIdAttentionSpec("langid_mha", family.LANGID_MHA),

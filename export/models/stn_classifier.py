@@ -8,10 +8,10 @@ rectified image, is what the classifier sees. The last localisation layer starts
 weight and identity bias, so training begins from "the whole input, unchanged" and the crop
 is learnt from the classification loss alone (no box labels).
 
-Inputs are a larger canvas than the classifier's (40x40 in, 28x28 rectified by default), so
+Inputs are a larger canvas than the classifier's (40x40 in, 24x24 rectified by default), so
 the transformer can zoom into a digit that was shrunk, rotated or moved on the canvas; with
 ``transformer=False`` theta stays the identity and the same CNN sees the whole canvas resampled
-to 28x28 (the "no-STN twin" the training run measures against).
+to 24x24 (the "no-STN twin" the training run measures against).
 
 Sampling happens in normalised units, but its zero padding must mean background: the image is
 shifted so that black is 0 before sampling and back after (``background`` below).
@@ -19,7 +19,7 @@ shifted so that black is 0 before sampling and back after (``background`` below)
 Served tensors: ``image`` [B, 1, 40, 40] (normalised) in; ``logits`` and ``probabilities``
 [B, num_classes], ``theta`` [B, 2, 3] (torch affine_grid convention, align_corners=False: maps
 rectified-image coordinates in [-1, 1] to input coordinates) and ``rectified_image``
-[B, 1, 28, 28] (normalised like the input) out.
+[B, 1, 24, 24] (normalised like the input) out.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ class StnConfig:
 
     in_channels: int = 1
     image_size: int = 40  # the input canvas
-    rectified_size: int = 28  # what the transformer samples and the CNN classifies
+    rectified_size: int = 24  # what the transformer samples and the CNN classifies
     num_classes: int = 10
-    stage_channels: tuple[int, ...] = (24, 48, 96)  # the CNN after the transformer
+    stage_channels: tuple[int, ...] = (16, 32, 64)  # the CNN after the transformer
     convs_per_stage: int = 2
     localisation_channels: tuple[int, int] = (8, 16)
     localisation_hidden: int = 32

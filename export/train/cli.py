@@ -26,10 +26,11 @@ MODELS = (
     "sagan_generator",
     "cbam_classifier",
     "stn_classifier",
+    "sasa_classifier",
     *LANGID_FAMILY,
 )
 # Models whose length is given in epochs (the others take --steps).
-EPOCH_MODELS = ("se_cnn_classifier", "cbam_classifier", "stn_classifier")
+EPOCH_MODELS = ("se_cnn_classifier", "cbam_classifier", "stn_classifier", "sasa_classifier")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +117,14 @@ def _runner(name: str, args: argparse.Namespace) -> Callable[[], dict[str, Any]]
             if args.epochs:
                 recipe = replace(recipe, epochs=args.epochs)
             metrics = stn.train(replace(options, recipe=recipe), out, ckpt, args.resume)
+        elif name == "sasa_classifier":
+            from export.train import sasa
+
+            options = sasa.SasaTraining(seed=seed)
+            recipe = replace(options.recipe, precision=args.precision)
+            if args.epochs:
+                recipe = replace(recipe, epochs=args.epochs)
+            metrics = sasa.train(replace(options, recipe=recipe), out, ckpt, args.resume)
         elif name == "transformer_encoder":
             from export.train import langid
 

@@ -52,7 +52,7 @@ def normalize(images: torch.Tensor, config: Any) -> torch.Tensor:
     return (images - mean) / std
 
 
-def fit(
+def fit(  # noqa: PLR0913 (the recipe's parts, all keyword-only)
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -84,9 +84,10 @@ def fit(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, [recipe.max_lr * scale for scale in groups], total_steps=total, pct_start=recipe.warmup_fraction
     )
-    state = {"model": model, "optimizer": optimizer, "schedule": schedule}
+    clock = Clock()
+    state = {"model": model, "optimizer": optimizer, "schedule": schedule, "clock": clock}
     start_epoch = checkpoints.load(state) if resume else 0
-    started = time.perf_counter()
+    started = time.perf_counter() - clock.seconds  # a resumed run counts its earlier epochs
     bar = tqdm(total=total, initial=start_epoch * steps_per_epoch, desc=checkpoints.name, file=sys.stderr)
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
@@ -106,10 +107,24 @@ def fit(
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
             bar.update(1)
         if (epoch + 1) % recipe.checkpoint_every == 0 or epoch + 1 == recipe.epochs:
+            clock.seconds = time.perf_counter() - started
             checkpoints.save(epoch + 1, state)
     bar.close()
     model.eval()
     return time.perf_counter() - started
+
+
+class Clock:
+    """Training seconds so far, kept in the checkpoint like the optimiser's state."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.seconds = float(state.get("seconds", 0.0))
 
 
 @torch.no_grad()

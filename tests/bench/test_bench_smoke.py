@@ -91,7 +91,7 @@ def test_run_writes_json_markdown_and_plot(smoke_run) -> None:
     assert around["runs"] >= 40 and around["before_p50_ms"] > 0 and around["after_p50_ms"] > 0
     assert "around the level" in by_id["added_latency_c1"][0]["measured"]
     assert "inprocess_batch1" not in results["drivers"]["api"]["levels"][0]["extra"]  # no target reads it
-    assert by_id["rss_3_models"][0]["status"] in ("met", "missed")
+    assert by_id["rss_all_models"][0]["status"] in ("met", "missed")
 
     markdown = (out / "se_cnn_default.md").read_text()
     assert "## Targets" in markdown and "## Ceiling" in markdown and results["machine"]["cpu_model"] in markdown
@@ -105,7 +105,7 @@ def test_soak_samples_rss_and_reports_growth(smoke_run) -> None:
     assert "error" not in results, results.get("traceback")
     assert len(results["server"]["rss_samples"]) >= 4
     _check_level(results["drivers"]["loadgen"]["levels"][0])
-    assert {row["id"] for row in results["targets"]} == {"rss_3_models", "rss_flat"}
+    assert {row["id"] for row in results["targets"]} == {"rss_all_models", "rss_flat"}
     assert (out / "soak.png").read_bytes()[:8] == PNG_MAGIC
     assert "| soak |" in (out / "summary.md").read_text()
 

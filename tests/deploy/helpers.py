@@ -32,7 +32,8 @@ INFERENCESERVICE = DEPLOY / "kserve" / "inferenceservice.yaml"
 
 # Values the synthetic series use for each label the contract names.
 LABEL_VALUES = {
-    "model": ["sagan_generator", "se_cnn_classifier", "transformer_encoder"],
+    "model": ["sagan_generator", "se_cnn_classifier", "transformer_encoder", "cbam_classifier", "stn_classifier",
+              "sasa_classifier"],
     "version": ["1"],
     "surface": ["v2", "api"],
     "protocol": ["grpc", "http"],

@@ -176,3 +176,16 @@ def test_dashboard_query_returns_finite_values_with_its_legend_labels(prometheus
     for r in result:
         missing = wanted - set(r["metric"])
         assert not missing, f"{panel['title']!r}: legend needs {missing}, query keeps {sorted(r['metric'])}"
+
+
+def test_model_variable_offers_every_default_model(prometheus_url):
+    """The dashboard's model variable (label_values over attnserve_model_ready) lists every
+    model `python -m export` writes, the vision-attention classifiers included."""
+    from export.defaults import MODEL_NAMES  # torch-free
+
+    variable = next(v for v in load_dashboard()["templating"]["list"] if v["name"] == "model")
+    metric, label = variable["query"]["query"].removeprefix("label_values(").removesuffix(")").split(", ")
+    params = urllib.parse.urlencode({"match[]": metric, "start": T0, "end": QUERY_TIME})
+    status, body = http_get(f"{prometheus_url}/api/v1/label/{label}/values?{params}")
+    assert status == 200, body
+    assert set(MODEL_NAMES) <= set(json.loads(body)["data"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from export.models.cbam_classifier import CbamClassifier, CbamConfig, CbamStage
+from export.models.stn_classifier import StnClassifier, StnConfig
 from export.onnx_export import open_session
 from export.specs import SPECS
 from export.pipeline import load_weights
@@ -80,3 +81,35 @@ def test_cbam_exported_maps_match_pytorch(onnx_paths: dict[str, Path]) -> None:
     assert [g.shape for g in got] == [w.shape for w in want]
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_stn_starts_as_the_identity_crop_and_pads_with_black() -> None:
+    """Before training theta is the identity for any input, so the rectified image is the whole
+    canvas resampled; the border of a shrinking crop is black (the normalised background), not
+    the normalised zero."""
+    torch.manual_seed(0)
+    model = StnClassifier(StnConfig()).eval()
+    images = torch.randn(3, 1, 40, 40)
+    with torch.no_grad():
+        _, _, theta, rectified = model(images)
+        torch.testing.assert_close(theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(3, 2, 3))
+        expected = torch.nn.functional.interpolate(images, size=(24, 24), mode="bilinear", align_corners=False)
+        assert rectified.shape == (3, 1, 24, 24)
+        # Identity resampling 40 -> 24 is bilinear interpolation at those points (no antialias).
+        torch.testing.assert_close(rectified, expected, atol=1e-4, rtol=1e-4)  # grid rounding on noise
+        model.localisation.regress[-1].bias.copy_(torch.tensor([2.0, 0, 0, 0, 2.0, 0]))  # zoom out 2x
+        _, _, _, wide = model(images)
+    black = -0.1307 / 0.3081
+    assert wide[0, 0, 0, 0].item() == pytest.approx(black, abs=1e-5)
+
+
+def test_stn_twin_keeps_the_identity_and_exports_grid_sample(onnx_paths: dict[str, Path]) -> None:
+    import onnx
+
+    twin = StnClassifier(StnConfig(transformer=False)).eval()
+    with torch.no_grad():
+        twin.localisation.regress[-1].bias.add_(0.3)  # ignored: the twin never uses it
+        theta = twin(torch.randn(2, 1, 40, 40))[2]
+    torch.testing.assert_close(theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3))
+    graph = onnx.load(str(onnx_paths["stn_classifier"])).graph
+    assert "GridSample" in {n.op_type for n in graph.node}

@@ -77,3 +77,14 @@ def encoder_predictions(
 @pytest.fixture(scope="session")
 def generator() -> SaganGenerator:
     return _load(SaganGenerator(SaganConfig()), "sagan_generator")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every default model exported by the real command with no --checkpoint (so the default
+    export's choice of the shipped weights is checked too), once per session."""
+    from export.cli import main
+
+    repo = tmp_path_factory.mktemp("trained_repository")
+    assert main(["--model-repository", str(repo), "--max-batch-size", "8"]) == 0
+    return repo

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from export.cli import main
 from export.models.sagan_generator import SaganGenerator
 from export.models.se_cnn_classifier import SeCnnClassifier
 from export.models.transformer_encoder import TransformerEncoder
@@ -21,13 +20,6 @@ from export.onnx_export import open_session
 from export.train import digits, gan_eval, langid_data
 
 from .test_shipped_quality import GENERATOR_SAMPLES
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("trained_repository")
-    assert main(["--model-repository", str(repo), "--max-batch-size", "8"]) == 0
-    return repo
 
 
 def _session(repo: Path, name: str):  # type: ignore[no-untyped-def]

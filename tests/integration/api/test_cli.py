@@ -140,6 +140,16 @@ def test_attention_classify_draws_cbam_spatial_maps(server: ServerProcess, pictu
         assert len(np.unique(np.asarray(sheet).reshape(-1, 3), axis=0)) > 100
 
 
+def test_attention_classify_draws_the_stn_crop(server: ServerProcess, pictures: list[Path], tmp_path: Path) -> None:
+    done = attnserve(server, "attention", "classify", str(pictures[0]), "--model", "stn_classifier",
+                     "--scale", "2", "-o", "stn.png", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert np.asarray(report["theta"]).shape == (2, 3)
+    with Image.open(tmp_path / "stn.png") as sheet:
+        assert sheet.size == (2 * 80 + 3 * 2, 80 + 2 * 2)  # the outlined 40x40 input and the crop
+
+
 def test_attention_classify_needs_a_model_with_maps(server: ServerProcess, pictures: list[Path], tmp_path: Path) -> None:
     done = attnserve(server, "attention", "classify", str(pictures[0]), "--model", "se_cnn_classifier", cwd=tmp_path)
     assert done.returncode == 2 and "no spatial_attention, theta or window_attention" in done.stderr

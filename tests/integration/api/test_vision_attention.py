@@ -1,21 +1,23 @@
-"""The vision-attention classifiers served: Classify's extras (CBAM spatial maps) equal the
+"""The vision-attention classifiers served: Classify's extras (CBAM maps, STN crop) equal the
 v2 surface's tensors read through tritonclient, and bad input to each is INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from service.client import Client
 from service.proto.attnserve.v1 import attnserve_pb2 as pb
 from service.proto.attnserve.v1 import attnserve_pb2_grpc as api_grpc
 from tests.integration.api.helpers import digits, expect_status, normalised, png
-from tests.integration.support import CBAM, SECNN, VISION, infer_inputs, message_of, spec_of, status_of
+from tests.integration.support import CBAM, SECNN, STN, VISION, infer_inputs, message_of, spec_of, status_of
 
 ATOL = 1e-5
 
@@ -97,3 +99,22 @@ def test_wrong_tensor_shape_over_v2_is_invalid_argument(
     assert "image" in message_of(caught.value)
     good = np.zeros((1, channels, height, width), np.float32)
     assert _v2(client, model, good).as_numpy("probabilities").shape == (1, 10)
+
+
+def test_stn_theta_and_rectified_image_equal_the_v2_tensors(
+    api: Client, client: grpcclient.InferenceServerClient, model_repository: Path
+) -> None:
+    pre = _preprocess(model_repository, STN)
+    pictures = _pictures(model_repository, STN, 2, seed=24)
+    result = api.classify([png(p) for p in pictures], model=STN, transform=True)
+    v2 = _v2(client, STN, np.concatenate([normalised(p, pre) for p in pictures]))
+    mean, std = np.float32(pre["mean"][0]), np.float32(pre["std"][0])
+    for row, item in enumerate(result.items):
+        np.testing.assert_allclose(item.theta, v2.as_numpy("theta")[row], atol=ATOL)
+        assert item.spatial_attention == [] and item.attention == []
+        crop = np.asarray(Image.open(io.BytesIO(item.rectified_png)))
+        tensor = v2.as_numpy("rectified_image")[row, 0]
+        assert crop.shape == tensor.shape == (24, 24)
+        # The crop back in 8-bit pixels: (x * std + mean) in [0, 1], to 0..255 (rounding: one step).
+        expected = np.clip(tensor * std + mean, 0, 1) * 255
+        assert np.abs(crop.astype(np.float32) - expected).max() <= 1.0
