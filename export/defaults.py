@@ -8,6 +8,7 @@ MODEL_NAMES = (
     "transformer_encoder",
     "cbam_classifier",
     "stn_classifier",
+    "sasa_classifier",
 )
 
 # config.pbtxt max_batch_size unless --max-batch-size overrides it.
@@ -17,6 +18,7 @@ DEFAULT_MAX_BATCH_SIZE = {
     "transformer_encoder": 32,
     "cbam_classifier": 64,
     "stn_classifier": 64,
+    "sasa_classifier": 64,
 }
 
 # torch.manual_seed per model: seeded random weights until trained checkpoints exist.

@@ -457,6 +457,6 @@ def _image_parameters(config: Any) -> dict[str, str]:
 
 
 SPECS: dict[str, ModelSpec] = {  # keyed and ordered as export.defaults.MODEL_NAMES
-    spec.name: spec for spec in (SaganSpec(), SeCnnSpec(), EncoderSpec(), CbamSpec(), StnSpec())
+    spec.name: spec for spec in (SaganSpec(), SeCnnSpec(), EncoderSpec(), CbamSpec(), StnSpec(), SasaSpec())
 }
 assert tuple(SPECS) == MODEL_NAMES

@@ -35,6 +35,7 @@ from service.proto.inference import model_config_pb2 as mc
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = (
     "sagan_generator", "se_cnn_classifier", "transformer_encoder", "cbam_classifier", "stn_classifier",
+    "sasa_classifier",
 )
 REPOSITORY_ENV = "ATTNSERVE_TEST_REPOSITORY"
 # service/app.py logs exactly one of these once every model has loaded (or failed to).
