@@ -12,6 +12,7 @@ MODEL_NAMES = (
     "transformer_encoder",
     "cbam_classifier",
     "stn_classifier",
+    "sasa_classifier",
     *LANGID_FAMILY,
 )
 
@@ -22,6 +23,7 @@ DEFAULT_MAX_BATCH_SIZE = {
     "transformer_encoder": 32,
     "cbam_classifier": 64,
     "stn_classifier": 64,
+    "sasa_classifier": 64,
     **{name: 32 for name in LANGID_FAMILY},
 }
 

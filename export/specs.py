@@ -592,6 +592,7 @@ SPECS: dict[str, ModelSpec] = {  # keyed and ordered as export.defaults.MODEL_NA
         EncoderSpec(),
         CbamSpec(),
         StnSpec(),
+        SasaSpec(),
         LangIdAttentionSpec("langid_dot", family.LANGID_DOT),
         LangIdAttentionSpec("langid_additive", family.LANGID_ADDITIVE),
         LangIdAttentionSpec("langid_mha", family.LANGID_MHA),

@@ -376,7 +376,7 @@ def attention_classify(client: Client, args: argparse.Namespace) -> int:
     for stage, plane in enumerate(item.spatial_attention):
         panels.append(heat_overlay(shown, plane, args.scale, normalise=False))
         lines.append(f"  stage {stage}: {plane.shape[0]}x{plane.shape[1]} spatial map, mean {plane.mean():.3f}, "
-                     f"max {plane.max():.3f} at {np.unravel_index(int(plane.argmax()), plane.shape)}")
+                     f"max {plane.max():.3f} at {tuple(int(v) for v in np.unravel_index(int(plane.argmax()), plane.shape))}")
     report["spatial_attention"] = [np.round(p, 6).tolist() for p in item.spatial_attention]
     if item.theta is not None and item.rectified_png is not None:
         panels[0] = affine_outline(shown, item.theta, args.scale)

@@ -113,3 +113,38 @@ def test_stn_twin_keeps_the_identity_and_exports_grid_sample(onnx_paths: dict[st
     torch.testing.assert_close(theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3))
     graph = onnx.load(str(onnx_paths["stn_classifier"])).graph
     assert "GridSample" in {n.op_type for n in graph.node}
+
+
+def test_sasa_window_weights_are_masked_normalised_and_use_relative_positions() -> None:
+    from export.models.sasa_classifier import LocalSelfAttention, SasaClassifier, SasaConfig
+
+    torch.manual_seed(0)
+    layer = LocalSelfAttention(channels=8, heads=2, window=5, side=6).eval()
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        _, weights = layer(x)  # [B, heads, k*k, H, W]
+        assert weights.shape == (2, 2, 25, 6, 6)
+        torch.testing.assert_close(weights.sum(dim=2), torch.ones(2, 2, 6, 6))
+        corner = weights[:, :, :, 0, 0].reshape(2, 2, 5, 5)
+        assert (corner[:, :, :2, :] == 0).all() and (corner[:, :, :, :2] == 0).all()  # outside the map
+        # The relative term: r is [row half | column half] of the offset's embeddings.
+        r = layer.relative().reshape(5, 5, 4)
+        torch.testing.assert_close(r[1, 3, :2], layer.rel_rows[1])
+        torch.testing.assert_close(r[1, 3, 2:], layer.rel_cols[3])
+        layer.rel_rows.add_(torch.linspace(-3, 3, 5)[:, None])  # favour lower rows
+        _, shifted = layer(x)
+    assert not torch.allclose(shifted, weights)
+    model = SasaClassifier(SasaConfig()).eval()
+    with torch.no_grad():
+        logits, probabilities, window = model(torch.randn(3, 1, 28, 28))
+    assert logits.shape == (3, 10) and window.shape == (3, 4, 14, 14, 5, 5)
+    torch.testing.assert_close(window.sum(dim=(-1, -2)), torch.ones(3, 4, 14, 14))
+
+
+def test_sasa_has_no_spatial_convolution_after_the_stem(onnx_paths: dict[str, Path]) -> None:
+    """Convolutions replaced by attention: every Conv after the stem is 1x1 (projections)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_paths["sasa_classifier"])).graph
+    kernels = [next(a.ints for a in n.attribute if a.name == "kernel_shape") for n in graph.node if n.op_type == "Conv"]
+    assert list(kernels[0]) == [3, 3] and all(list(k) == [1, 1] for k in kernels[1:]), kernels

@@ -24,8 +24,8 @@ from service.model_config import ModelSpec, read_config, to_spec
 from service.proto.inference import model_config_pb2 as mc
 
 SAGAN, SECNN, ENCODER = "sagan_generator", "se_cnn_classifier", "transformer_encoder"
-CBAM, STN = "cbam_classifier", "stn_classifier"
-VISION = (CBAM, STN)  # the vision-attention classifiers (issue 14)
+CBAM, STN, SASA = "cbam_classifier", "stn_classifier", "sasa_classifier"
+VISION = (CBAM, STN, SASA)  # the vision-attention classifiers (issue 14)
 LANGID = LANGID_FAMILY  # the attention family (issue 15): langid_dot, _additive, _mha, _pair
 MODELS = (SAGAN, SECNN, ENCODER, *VISION, *LANGID)
 RTOL, ATOL = 1e-4, 1e-5

@@ -150,6 +150,18 @@ def test_attention_classify_draws_the_stn_crop(server: ServerProcess, pictures: 
         assert sheet.size == (2 * 80 + 3 * 2, 80 + 2 * 2)  # the outlined 40x40 input and the crop
 
 
+def test_attention_classify_draws_sasa_windows(server: ServerProcess, pictures: list[Path], tmp_path: Path) -> None:
+    done = attnserve(server, "attention", "classify", str(pictures[0]), "--model", "sasa_classifier",
+                     "--pixel", "14,14", "--scale", "2", "-o", "sasa.png", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [query] = json.loads(done.stdout)["attention"]
+    weights = np.asarray(query["weights"])
+    assert query["pixel"] == [14, 14] and weights.ndim == 3 and weights.shape[1] == weights.shape[2]
+    np.testing.assert_allclose(weights.sum(axis=(1, 2)), 1.0, atol=1e-4)
+    with Image.open(tmp_path / "sasa.png") as sheet:
+        assert sheet.size == (2 * 56 + 3 * 2, 56 + 2 * 2)  # the input and one window panel
+
+
 def test_attention_classify_needs_a_model_with_maps(server: ServerProcess, pictures: list[Path], tmp_path: Path) -> None:
     done = attnserve(server, "attention", "classify", str(pictures[0]), "--model", "se_cnn_classifier", cwd=tmp_path)
     assert done.returncode == 2 and "no spatial_attention, theta or window_attention" in done.stderr

@@ -17,7 +17,7 @@ from service.client import Client
 from service.proto.attnserve.v1 import attnserve_pb2 as pb
 from service.proto.attnserve.v1 import attnserve_pb2_grpc as api_grpc
 from tests.integration.api.helpers import digits, expect_status, normalised, png
-from tests.integration.support import CBAM, SECNN, STN, VISION, infer_inputs, message_of, spec_of, status_of
+from tests.integration.support import CBAM, SASA, SECNN, STN, VISION, infer_inputs, message_of, spec_of, status_of
 
 ATOL = 1e-5
 
@@ -118,3 +118,30 @@ def test_stn_theta_and_rectified_image_equal_the_v2_tensors(
         # The crop back in 8-bit pixels: (x * std + mean) in [0, 1], to 0..255 (rounding: one step).
         expected = np.clip(tensor * std + mean, 0, 1) * 255
         assert np.abs(crop.astype(np.float32) - expected).max() <= 1.0
+
+
+def test_sasa_window_of_a_pixel_is_its_cell_of_the_v2_tensor(
+    api: Client, client: grpcclient.InferenceServerClient, model_repository: Path
+) -> None:
+    pre = _preprocess(model_repository, SASA)
+    picture = _pictures(model_repository, SASA, 1, seed=25)[0]
+    pixels = [(0, 0), (13, 20), (27, 27)]
+    item = api.classify([png(picture)], model=SASA, attention=pixels).items[0]
+    full = _v2(client, SASA, normalised(picture, pre)).as_numpy("window_attention")[0]  # [heads, H, W, k, k]
+    heads, rows, cols, k, _ = full.shape
+    assert [q.pixel for q in item.attention] == pixels
+    for query in item.attention:
+        assert query.grid == (rows, cols)
+        assert query.cell == (query.pixel[0] * rows // 28, query.pixel[1] * cols // 28)
+        np.testing.assert_allclose(query.weights, full[:, query.cell[0], query.cell[1]], atol=ATOL)
+        np.testing.assert_allclose(query.weights.sum(axis=(1, 2)), 1.0, atol=1e-5)
+    corner = item.attention[0].weights  # the top-left cell: window positions above/left are outside
+    assert np.all(corner[:, : k // 2, :] == 0) and np.all(corner[:, :, : k // 2] == 0)
+    every = api.classify([png(picture)], model=SASA, attention="all").items[0].attention
+    assert len(every) == rows * cols and every[-1].cell == (rows - 1, cols - 1)
+
+
+def test_sasa_query_outside_the_input_is_invalid_argument(stub: api_grpc.AttnServeStub, model_repository: Path) -> None:
+    request = pb.ClassifyRequest(model=SASA, images=[png(_pictures(model_repository, SASA, 1, seed=26)[0])])
+    request.attention.queries.add(y=28, x=3)
+    expect_status(lambda: stub.Classify(request), "INVALID_ARGUMENT", "attention.queries[0]")
