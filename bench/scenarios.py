@@ -24,7 +24,11 @@ from bench.repos import Edit, instances, no_dynamic_batching
 
 SECNN, ENCODER, SAGAN = "se_cnn_classifier", "transformer_encoder", "sagan_generator"
 CBAM, STN, SASA = "cbam_classifier", "stn_classifier", "sasa_classifier"  # issue 14
-DEFAULT_MODELS = (SAGAN, SECNN, ENCODER, CBAM, STN, SASA)  # what `python -m export` writes
+# The attention family (issue 15): each scenario serves its member alone.
+LANGID_DOT, LANGID_ADDITIVE, LANGID_MHA, LANGID_PAIR = "langid_dot", "langid_additive", "langid_mha", "langid_pair"
+DEFAULT_MODELS = (  # what `python -m export` writes
+    SAGAN, SECNN, ENCODER, CBAM, STN, SASA, LANGID_DOT, LANGID_ADDITIVE, LANGID_MHA, LANGID_PAIR,
+)
 SWEEP = (1, 2, 4, 8, 16, 32, 64)
 DRIVER_LABELS = {
     "loadgen": "attnserve, bench/loadgen.py (v2 ModelInfer)",
@@ -225,6 +229,14 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              drivers=("loadgen", "perf_analyzer", "api", "floor"), targets=(ADDED_1MS, RSS_500)),
     _default("sasa_default", SASA, "stand-alone self-attention classifier default (1x28x28, window weights out)",
              drivers=("loadgen", "perf_analyzer", "api", "floor"), targets=(ADDED_1MS, RSS_500)),
+    *(
+        Scenario(f"{model}_default", f"{model} (attention family), ragged phrases, served alone", "default",
+                 model, (model,), drivers=("loadgen", "perf_analyzer", "api", "floor"), targets=(ADDED_1MS, RSS_500))
+        for model in (LANGID_DOT, LANGID_ADDITIVE, LANGID_MHA)
+    ),
+    Scenario("langid_pair_default", "langid_pair cross-attention, query and source of independent lengths",
+             "default", LANGID_PAIR, (LANGID_PAIR,), drivers=("loadgen", "perf_analyzer", "floor"),
+             targets=(ADDED_1MS, RSS_500)),
     _bench("se_cnn_benchmark", SECNN, "SE-CNN benchmark config (3x128x128)",
            drivers=("loadgen", "perf_analyzer", "floor", "peer"), targets=(CEILING_85, ADDED_1MS, PEER_5X)),
     _bench("se_cnn_benchmark_nobatch", SECNN, "SE-CNN benchmark config, dynamic batching off",

@@ -73,6 +73,8 @@ class Workload:
         names = {t.name for t in self.spec.inputs}
         if "input_ids" in names:
             return "tokens"
+        if "query_ids" in names:
+            return "pairs"  # two sequences (langid_pair): v2 only, the API driver sends one
         if "z" in names:
             return "latent"
         return "image"
@@ -112,6 +114,9 @@ class Workload:
             dims = tuple(length if d == -1 else d for d in tensor.dims)
             if tensor.name == "input_ids":
                 arrays[tensor.name] = np.stack([self.token_ids(int(length or 0), rng) for _ in range(rows)])
+            elif tensor.name in ("query_ids", "source_ids"):  # each its own length, as the batcher pads them
+                own = length if tensor.name == "query_ids" else self.lengths.draw(rng, self.max_length)
+                arrays[tensor.name] = np.stack([self.token_ids(int(own or 0), rng) for _ in range(rows)])
             elif tensor.name == "attention_mask":
                 arrays[tensor.name] = np.ones((rows, *dims), dtype=tensor.dtype)
             elif tensor.name == "class_label":

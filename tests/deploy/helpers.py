@@ -33,7 +33,7 @@ INFERENCESERVICE = DEPLOY / "kserve" / "inferenceservice.yaml"
 # Values the synthetic series use for each label the contract names.
 LABEL_VALUES = {
     "model": ["sagan_generator", "se_cnn_classifier", "transformer_encoder", "cbam_classifier", "stn_classifier",
-              "sasa_classifier"],
+              "sasa_classifier", "langid_dot", "langid_additive", "langid_mha", "langid_pair"],
     "version": ["1"],
     "surface": ["v2", "api"],
     "protocol": ["grpc", "http"],

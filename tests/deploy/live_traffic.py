@@ -2,7 +2,7 @@
 
 ``HELD``'s copy of the model repository is edited (``hold_one``) so that a 1-row request stays
 queued until it is cancelled while every other request to it is refused with UNAVAILABLE
-(queue_full); ``traffic_round`` sends OK requests to all three models, wrong-shape requests and
+(queue_full); ``traffic_round`` sends OK requests to every model, wrong-shape requests and
 one such overflow. ``wait_until_scraped`` and ``wait_until_rules_evaluated`` poll Prometheus
 until it holds the server's own counters and has evaluated every rule group after that.
 """
@@ -30,6 +30,7 @@ from tests.deploy.helpers import PROMETHEUS_CONFIG, RULES
 from tests.integration.support import (
     ENCODER,
     HOLD_US,
+    MODELS,
     SAGAN,
     SECNN,
     infer_inputs,
@@ -158,8 +159,10 @@ def overflow(live: Live) -> None:
 
 
 def traffic_round(live: Live) -> None:
-    send_ok(live, SAGAN, 1)
-    send_ok(live, ENCODER, 2)
+    # OK traffic to every served model, so every per-model series and rule has a value.
+    for model in MODELS:
+        if model != HELD:
+            send_ok(live, model, 2 if model == ENCODER else 1)
     send_ok(live, HELD, 2)  # a preferred batch size: runs at once
     for _ in range(INVALID_PER_ROUND):
         send_invalid(live)
