@@ -32,7 +32,7 @@ from service.transport.http.routing import Route, json_body, json_response
 
 PROTOCOL = "http"
 PNG = "image/png"
-FORM_FIELDS = {"model", "version", "top_k", "channel_weights", "id", "image"}
+FORM_FIELDS = {"model", "version", "top_k", "channel_weights", "spatial_attention", "transform", "id", "image"}
 
 
 class ApiRoutes:
@@ -97,7 +97,8 @@ class ApiRoutes:
             if not top_k.isdigit():
                 raise InvalidInput(f"top_k must be a whole number, got {top_k[:20]!r}")
             message.top_k = int(top_k)
-        message.channel_weights = _text(form, "channel_weights").lower() in ("1", "true", "yes", "on")
+        for flag in ("channel_weights", "spatial_attention", "transform"):
+            setattr(message, flag, _text(form, flag).lower() in ("1", "true", "yes", "on"))
         return message
 
 

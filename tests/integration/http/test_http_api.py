@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
+import urllib3
 import pytest
 from google.protobuf import json_format
 
@@ -73,6 +74,23 @@ def test_classify_uploaded_files_with_curl(server: ServerProcess, stub, tmp_path
     want = stub.Classify(pb.ClassifyRequest(images=images, top_k=3, channel_weights=True), timeout=TIMEOUT_S)
     assert close_to(answer, as_dict(want)), (answer, as_dict(want))
     assert [len(r["labels"]) for r in answer["results"]] == [3, 3]
+
+
+def test_vision_extras_over_rest_equal_the_grpc_answer(server: ServerProcess, stub) -> None:
+    """CBAM's maps from a form upload, the STN's crop and SASA's windows from JSON bodies."""
+    image = png(digits(1, seed=6)[0])
+    fields = {"model": "cbam_classifier", "spatial_attention": "true", "image": ("d.png", image, "image/png")}
+    body, content_type = urllib3.encode_multipart_formdata(fields)
+    status, answer, _ = post(server, "/v1/classify", body, content_type=content_type)
+    want = stub.Classify(pb.ClassifyRequest(model="cbam_classifier", images=[image], spatial_attention=True), timeout=TIMEOUT_S)
+    assert status == 200 and close_to(json.loads(answer), as_dict(want))
+    assert len(json.loads(answer)["results"][0]["spatial_attention"]) == 3
+    for model, extra in (("stn_classifier", {"transform": True}), ("sasa_classifier", {"attention": {"queries": [{"y": 3, "x": 5}]}})):
+        document = {"model": model, "images": [base64.b64encode(image).decode()], **extra}
+        status, answer, _ = post(server, "/v1/classify", json.dumps(document).encode())
+        request = pb.ClassifyRequest(model=model, images=[image])
+        json_format.ParseDict(extra, request)
+        assert status == 200 and close_to(json.loads(answer), as_dict(stub.Classify(request, timeout=TIMEOUT_S)))
 
 
 def test_classify_json_body_with_base64_images(server: ServerProcess, stub) -> None:
