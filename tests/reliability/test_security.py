@@ -299,10 +299,11 @@ def test_image_model_repository_is_not_writable_by_the_service_user() -> None:
     """The runtime images copy /models as root-owned files that group and others (uid 10001)
     can only read: the export stage strips their write bits and the COPY does not chown."""
     _, stages = dockerfile_stages(DOCKERFILE.read_text())
-    export_runs = " ".join(stages["export"].all("RUN"))
-    assert "chmod -R u=rwX,go=rX /models" in export_runs
-    for stage in ("runtime-cpu", "runtime-gpu"):
+    assert "chmod -R u=rwX,go=rX /models" in " ".join(stages["export"].all("RUN"))
+    assert "chmod -R u=rwX,go=rX /models-gpu" in " ".join(stages["export-gpu"].all("RUN"))
+    # runtime-gpu takes the KIND_GPU repository of the export-gpu stage (issue 17).
+    for stage, source in (("runtime-cpu", "/models"), ("runtime-gpu", "/models-gpu")):
         copies = [copy_sources(args) for args in stages[stage].all("COPY")]
-        models = [(flags, sources) for flags, sources in copies if sources == ["/models"]]
+        models = [(flags, sources) for flags, sources in copies if sources == [source]]
         assert models and all("chown" not in flags and "chmod" not in flags for flags, _ in models), stage
         assert stages[stage].last("USER").split(":")[0] != "0"
