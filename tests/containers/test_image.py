@@ -14,10 +14,10 @@ from tests.containers.conftest import CPU_IMAGE, ENV, PODMAN_DIR, podman, wait_f
 
 pytestmark = pytest.mark.containers
 
-# Measured 404 MB with the first three models (Debian bookworm minbase 129 MB + the venv with ONNX Runtime, numpy, grpcio,
+# Measured 404 MB with three models, 512 MB with the ten of today (Debian minbase 129 MB + the venv with ONNX Runtime, numpy, grpcio,
 # aiohttp, pillow + the three exported models). The bar leaves room for drift, not for torch
 # (~700 MB on its own).
-MAX_IMAGE_MB = 520
+MAX_IMAGE_MB = 560
 # Compose's run options (docker-compose.yml): read-only root, /tmp on tmpfs, no capabilities.
 LOCKED_DOWN = ("--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges")
 
